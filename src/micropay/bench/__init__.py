@@ -1,0 +1,1 @@
+"""Benchmarks: ``micropay bench NAME``. Figures, never assertions; see docs/benchmarks.md."""

@@ -1,0 +1,1 @@
+"""The command line: ``micropay serve``, ``micropay keys``, ``micropay bench``."""

@@ -1,0 +1,53 @@
+"""The store protocol: what the engine needs from persistence, whatever the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from micropay.ledger import Journal, Transfer
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A non-money record (an API key, a payer's settings...) written with a batch.
+
+    ``body`` is JSON bytes; a document with the same kind and id replaces the old one.
+    """
+
+    kind: str
+    id: str
+    body: bytes
+
+
+class Store(Protocol):
+    """Durable home of the ledger. One ``write`` is one transaction, synced before it returns."""
+
+    def load(self) -> Iterator[Journal]:
+        """Every committed change, oldest first, for the engine to replay at start."""
+        ...
+
+    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
+        """Persist one batch atomically and durably, or raise StoreError having written nothing."""
+        ...
+
+    def read_transfer(self, transfer_id: str, locator: int) -> Transfer | None:
+        """The transfer ``transfer_id`` in the batch holding timestamp ``locator``."""
+        ...
+
+    def read_transfers(self, timestamps: Sequence[int]) -> list[Transfer]:
+        """Transfers by timestamp, in the order asked; unknown timestamps are left out."""
+        ...
+
+    def account_transfers(self, account_id: str, limit: int, before_timestamp: int | None) -> list[Transfer]:
+        """An account's transfers, newest first, with timestamps below ``before_timestamp``."""
+        ...
+
+    def read_document(self, kind: str, document_id: str) -> bytes | None: ...
+
+    def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Documents of one kind ordered by id, after ``starting_after``, at most ``limit``."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,312 @@
+"""SQLite store: one file, WAL, synchronous=FULL, one writer engine at a time.
+
+The transfer log is one row per committed batch (columnar JSON, see ``codec``); ledgers,
+accounts and documents are ordinary rows. Balances are not stored: they are the sum of the
+log, which the engine replays at start (``load``) and then keeps in memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import sqlite3
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import orjson
+
+from micropay.errors import StoreError, StoreLockedError, StoreSchemaError
+from micropay.ledger import Account, Journal, Ledger, Transfer
+from micropay.ledger.types import TransferColumns
+from micropay.store.base import Document
+from micropay.store.codec import decode_batch, encode_batch
+
+SCHEMA_VERSION = 1
+
+# Forward migrations: index i brings a database from version i to i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE ledgers (code TEXT PRIMARY KEY, scale INTEGER NOT NULL, timestamp INTEGER NOT NULL)",
+        """CREATE TABLE accounts (
+            id TEXT PRIMARY KEY, ledger TEXT NOT NULL, flags INTEGER NOT NULL,
+            credit_limit INTEGER NOT NULL, timestamp INTEGER NOT NULL, metadata TEXT NOT NULL)""",
+        """CREATE TABLE batches (
+            seq INTEGER PRIMARY KEY, first_ts INTEGER, last_ts INTEGER,
+            transfer_count INTEGER NOT NULL, body BLOB NOT NULL)""",
+        "CREATE INDEX batches_first_ts ON batches (first_ts)",
+        """CREATE TABLE documents (
+            kind TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, id))
+            WITHOUT ROWID""",
+    ),
+)
+
+_DECODED_BATCHES_MAX = 16
+"""Decoded batches kept for reads by timestamp (each up to 8190 transfers)."""
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative/or/absolute.db`` (or a bare path) to a filesystem path."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    if url.startswith("sqlite://"):
+        raise StoreError(f"unsupported SQLite URL {url!r}: use sqlite:///path/to/file.db")
+    return Path(url)
+
+
+class SQLiteStore:
+    """The embedded store. Opening it takes the file's writer lock for this process."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(str(self.path) + ".lock", "a+b")  # noqa: SIM115 - held open while we write
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._lock_file.close()
+            raise StoreLockedError(f"{self.path} is already open for writing by another Micropay engine") from error
+        self._mutex = threading.Lock()
+        self._decoded: OrderedDict[int, TransferColumns] = OrderedDict()
+        self._history: dict[str, array[int]] = {}
+        self._history_seq = 0
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA cache_size=-65536")
+            self._migrate()
+        except sqlite3.Error as error:
+            self._release()
+            raise StoreError(f"cannot open {self.path}: {error}") from error
+        except BaseException:
+            self._release()
+            raise
+
+    # ----------------------------------------------------------------- schema
+    def schema_version(self) -> int:
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if not has_meta:
+            return 0
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{self.path} has schema version {version}; this Micropay knows up to {SCHEMA_VERSION}"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target]:
+                    self._db.execute(statement)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(target + 1),)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ----------------------------------------------------------------- recovery
+    def load(self) -> Iterator[Journal]:
+        with self._mutex:
+            ledgers = [
+                Ledger(code, scale, timestamp)
+                for code, scale, timestamp in self._db.execute(
+                    "SELECT code, scale, timestamp FROM ledgers ORDER BY timestamp"
+                )
+            ]
+            accounts = [
+                Account(
+                    id=row[0],
+                    ledger=row[1],
+                    flags=row[2],
+                    credit_limit=row[3],
+                    debits_posted=0,
+                    credits_posted=0,
+                    debits_pending=0,
+                    credits_pending=0,
+                    timestamp=row[4],
+                    metadata=tuple((str(k), str(v)) for k, v in orjson.loads(row[5])),
+                )
+                for row in self._db.execute(
+                    "SELECT id, ledger, flags, credit_limit, timestamp, metadata FROM accounts ORDER BY timestamp"
+                )
+            ]
+        yield Journal(ledgers=ledgers, accounts=accounts)
+        last_seq = 0
+        while True:
+            with self._mutex:
+                rows = self._db.execute(
+                    "SELECT seq, body FROM batches WHERE seq > ? ORDER BY seq LIMIT 64", (last_seq,)
+                ).fetchall()
+            if not rows:
+                return
+            for seq, body in rows:
+                transfers, expired = decode_batch(body)
+                last_seq = seq
+                yield Journal(transfers=transfers, expired=expired)
+
+    # ----------------------------------------------------------------- writes
+    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
+        db = self._db
+        with self._mutex:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                if journal.ledgers:
+                    db.executemany(
+                        "INSERT INTO ledgers (code, scale, timestamp) VALUES (?, ?, ?)",
+                        [(ledger.code, ledger.scale, ledger.timestamp) for ledger in journal.ledgers],
+                    )
+                if journal.accounts:
+                    db.executemany(
+                        "INSERT INTO accounts (id, ledger, flags, credit_limit, timestamp, metadata)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (a.id, a.ledger, a.flags, a.credit_limit, a.timestamp, orjson.dumps(a.metadata))
+                            for a in journal.accounts
+                        ],
+                    )
+                if journal.credit_limits:
+                    db.executemany(
+                        "UPDATE accounts SET credit_limit = ? WHERE id = ?",
+                        [(limit, account_id) for account_id, limit in journal.credit_limits],
+                    )
+                transfers = journal.transfers
+                if transfers or journal.expired:
+                    db.execute(
+                        "INSERT INTO batches (first_ts, last_ts, transfer_count, body) VALUES (?, ?, ?, ?)",
+                        (
+                            transfers.timestamps[0] if transfers else None,
+                            transfers.timestamps[-1] if transfers else None,
+                            len(transfers),
+                            encode_batch(transfers, journal.expired),
+                        ),
+                    )
+                if documents:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO documents (kind, id, body) VALUES (?, ?, ?)",
+                        [(doc.kind, doc.id, doc.body) for doc in documents],
+                    )
+                db.execute("COMMIT")
+            except Exception as error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"batch write failed: {error}") from error
+
+    # ----------------------------------------------------------------- reads
+    def _batch_for(self, timestamp: int) -> TransferColumns | None:
+        row = self._db.execute(
+            "SELECT first_ts, body FROM batches WHERE first_ts <= ? ORDER BY first_ts DESC LIMIT 1",
+            (timestamp,),
+        ).fetchone()
+        if row is None:
+            return None
+        first_ts, body = row
+        cached = self._decoded.get(first_ts)
+        if cached is not None:
+            self._decoded.move_to_end(first_ts)
+            return cached
+        decoded, _ = decode_batch(body)
+        self._decoded[first_ts] = decoded
+        if len(self._decoded) > _DECODED_BATCHES_MAX:
+            self._decoded.popitem(last=False)
+        return decoded
+
+    def read_transfer(self, transfer_id: str, locator: int) -> Transfer | None:
+        with self._mutex:
+            batch = self._batch_for(locator)
+            if batch is None:
+                return None
+            try:
+                return batch[batch.columns[0].index(transfer_id)]
+            except ValueError:
+                return None
+
+    def read_transfers(self, timestamps: Sequence[int]) -> list[Transfer]:
+        found: list[Transfer] = []
+        with self._mutex:
+            for timestamp in timestamps:
+                batch = self._batch_for(timestamp)
+                if batch is None:
+                    continue
+                stamps = batch.timestamps
+                index = bisect.bisect_left(stamps, timestamp)
+                if index < len(stamps) and stamps[index] == timestamp:
+                    found.append(batch[index])
+        return found
+
+    def _index_history(self) -> None:
+        """Bring the per-account history index up to the newest committed batch.
+
+        Built lazily on the first history read, then kept up incrementally: the write path
+        never pays for it.
+        """
+        history = self._history
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, body FROM batches WHERE seq > ? ORDER BY seq LIMIT 64", (self._history_seq,)
+            ).fetchall()
+            if not rows:
+                return
+            for seq, body in rows:
+                columns = decode_batch(body)[0].columns
+                for debit_id, credit_id, timestamp in zip(columns[1], columns[2], columns[9], strict=True):
+                    for account_id in (debit_id, credit_id):
+                        stamps = history.get(account_id)
+                        if stamps is None:
+                            stamps = history[account_id] = array("q")
+                        stamps.append(timestamp)
+                self._history_seq = seq
+
+    def account_transfers(self, account_id: str, limit: int, before_timestamp: int | None) -> list[Transfer]:
+        with self._mutex:
+            self._index_history()
+            stamps = self._history.get(account_id)
+            if not stamps:
+                return []
+            end = len(stamps) if before_timestamp is None else bisect.bisect_left(stamps, before_timestamp)
+            wanted = [stamps[i] for i in range(end - 1, max(end - limit, 0) - 1, -1)]
+        return self.read_transfers(wanted)
+
+    def read_document(self, kind: str, document_id: str) -> bytes | None:
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, document_id)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        with self._mutex:
+            rows = self._db.execute(
+                "SELECT id, body FROM documents WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
+                (kind, starting_after or "", limit),
+            ).fetchall()
+        return [(str(row[0]), bytes(row[1])) for row in rows]
+
+    def integrity_check(self) -> str:
+        with self._mutex:
+            row = self._db.execute("PRAGMA integrity_check").fetchone()
+        return str(row[0])
+
+    # ----------------------------------------------------------------- closing
+    def _release(self) -> None:
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._lock_file.close()
+
+    def close(self) -> None:
+        with self._mutex:
+            try:
+                self._db.close()
+            finally:
+                self._release()
