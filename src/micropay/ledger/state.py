@@ -159,8 +159,10 @@ def expires_at_ns(transfer: Transfer) -> int:
 class LedgerState:
     """All ledgers, accounts, transfer ids and pending transfers, with batch undo."""
 
-    def __init__(self, fetch_transfer: FetchTransfer) -> None:
+    def __init__(self, fetch_transfer: FetchTransfer, *, plain_batch_fast_path: bool = True) -> None:
+        """``plain_batch_fast_path=False`` forces the exact sequential path (tests compare the two)."""
         self._fetch = fetch_transfer
+        self._fast_path = plain_batch_fast_path
         self._ledgers: dict[str, Ledger] = {}
         self._accounts: dict[str, _AccountState] = {}
         self._ids: dict[str, int] = {}  # transfer id -> locator
@@ -347,7 +349,7 @@ class LedgerState:
         exact sequential path. The tests check that both paths agree.
         """
         count = len(requests)
-        if count < 8:
+        if count < 8 or not self._fast_path:
             return None
         if columns is None:
             columns = tuple(zip(*requests, strict=True))
@@ -471,7 +473,7 @@ class LedgerState:
         existing = self._ids.get(transfer_id)
         if existing is not None:
             return self._existing(request, existing)
-        flags = request.flags
+        flags = int(request.flags)  # a TransferFlags value is stored as a plain int
         if flags & _RESOLVE:
             return self._resolve_pending(request)
         if request.pending_id:
@@ -559,7 +561,7 @@ class LedgerState:
             heapq.heappush(self._expiry, (expires_at, transfer.timestamp, transfer.id))
 
     def _resolve_pending(self, request: TransferRequest) -> TransferOutcome:
-        flags = request.flags
+        flags = int(request.flags)
         pending_id = request.pending_id
         if flags & _PENDING or (flags & _POST and flags & _VOID) or flags & (_BAL_DEBIT | _BAL_CREDIT):
             return Result.FLAGS_ARE_MUTUALLY_EXCLUSIVE, None

@@ -49,7 +49,7 @@ def check_id(value: object, param: str) -> None:
 
 
 def _check_int(value: object, low: int, high: int, param: str) -> None:
-    if type(value) is not int or not low <= value <= high:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise MalformedRequest(f"{param} must be an integer from {low} to {high}", param)
 
 
@@ -80,6 +80,7 @@ _ID_LIST_PATTERN = re.compile(rf"(?:[A-Za-z0-9_-]{{1,{ID_LENGTH_MAX}}},)*[A-Za-z
 _INT: set[type[Any]] = {int}
 _STR: set[type[Any]] = {str}
 _INT_OR_NONE: set[type[Any]] = {int, type(None)}
+_FLAGS: set[type[Any]] = {int, TransferFlags}
 
 
 def _column_ok(values: tuple[Any, ...], allowed: set[type[Any]]) -> bool:
@@ -105,7 +106,7 @@ def transfer_columns(requests: Sequence[TransferRequest]) -> RequestColumns:
             and _ledgers_ok(ledgers, count)
             and _column_ok(amounts, _INT_OR_NONE)
             and _column_ok(codes, _INT)
-            and _column_ok(flags, _INT)
+            and _column_ok(flags, _FLAGS)
             and _column_ok(timeouts, _INT)
             and min(codes) >= 0
             and max(codes) <= CODE_MAX
