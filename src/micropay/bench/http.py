@@ -1,0 +1,154 @@
+"""``micropay bench http``: transfers over HTTP against a real ``micropay serve`` process.
+
+(a) many concurrent clients each sending single transfers: transfers/s, p50 and p99 latency;
+(b) the batch endpoint with 8190 transfers per request: transfers/s. The load generator runs in
+its own process (``micropay.bench.loadgen``), only against 127.0.0.1, bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from micropay.bench.report import Reporter
+from micropay.errors import MicropayError
+
+LEDGER = "USD"
+SERVER_START_S_MAX = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _call(port: int, key: str, method: str, path: str, body: object | None = None) -> tuple[int, object]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def start_server(
+    directory: Path, port: int, extra_args: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``micropay serve`` on a fresh database; return the process and its admin key."""
+    key_file = directory / "admin.key"
+    command = [
+        str(Path(sys.executable).parent / "micropay"),
+        "serve",
+        "--db",
+        f"sqlite:///{directory / 'bench.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--admin-key-file",
+        str(key_file),
+        *(extra_args or []),
+    ]
+    log = open(directory / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + SERVER_START_S_MAX
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise MicropayError(f"server exited with {server.returncode}: {(directory / 'server.log').read_text()}")
+        if key_file.exists() and key_file.read_text().strip():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return server, key_file.read_text().strip()
+            except OSError:
+                pass
+        time.sleep(0.05)
+    server.kill()
+    raise MicropayError("server did not start in time")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def setup_accounts(port: int, key: str, accounts: int) -> None:
+    status, body = _call(port, key, "POST", "/v1/ledgers", {"code": LEDGER, "scale": 2})
+    if status not in (200, 201):
+        raise MicropayError(f"creating the ledger answered {status}: {body}")
+    for i in range(accounts):
+        status, body = _call(port, key, "POST", "/v1/accounts", {"id": f"acct-{i}", "ledger": LEDGER, "flags": []})
+        if status not in (200, 201):
+            raise MicropayError(f"creating an account answered {status}: {body}")
+
+
+def run_load(port: int, key: str, mode: str, connections: int, duration_s: float, accounts: int) -> dict[str, object]:
+    command = [
+        sys.executable,
+        "-m",
+        "micropay.bench.loadgen",
+        "--port",
+        str(port),
+        "--key",
+        key,
+        "--mode",
+        mode,
+        "--connections",
+        str(connections),
+        "--duration-s",
+        str(duration_s),
+        "--accounts",
+        str(accounts),
+        "--prefix",
+        f"{mode}-{os.getpid()}",
+    ]
+    done = subprocess.run(command, capture_output=True, check=True, timeout=duration_s + 120)
+    summary: dict[str, object] = json.loads(done.stdout)
+    return summary
+
+
+def bench_http(
+    report: Reporter,
+    *,
+    connections: int = 64,
+    duration_s: float = 10.0,
+    batch_connections: int = 2,
+    accounts: int = 1000,
+    directory: str | None = None,
+) -> None:
+    with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-http-") as tmp:
+        port = free_port()
+        server, key = start_server(Path(tmp), port)
+        try:
+            setup_accounts(port, key, accounts)
+            single = run_load(port, key, "single", connections, duration_s, accounts)
+            report.note(f"single: {single}")
+            elapsed = float(str(single["elapsed_s"]))
+            report.figure("single_transfers_per_s", int(str(single["transfers_ok"])) / elapsed, "1/s")
+            report.figure("single_p50_ms", float(str(single["p50_ms"])), "ms")
+            report.figure("single_p99_ms", float(str(single["p99_ms"])), "ms")
+            batch = run_load(port, key, "batch", batch_connections, duration_s, accounts)
+            report.note(f"batch: {batch}")
+            elapsed = float(str(batch["elapsed_s"]))
+            report.figure("batch_transfers_per_s", int(str(batch["transfers_ok"])) / elapsed, "1/s")
+        finally:
+            stop_server(server)
