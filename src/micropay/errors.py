@@ -46,3 +46,28 @@ def require(condition: bool, message: str) -> None:
     """Always-on invariant check: raise InvariantViolation when ``condition`` is false."""
     if not condition:
         raise InvariantViolation(message)
+
+
+class Refused(MicropayError):
+    """A business rule refused a request; ``code`` says which (API.md's error codes).
+
+    Raised inside an engine operation it undoes that operation's effects: nothing moves.
+    """
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+class Declined(Refused):
+    """A payment was declined (``insufficient_funds``, ``spend_cap_exceeded``...); nothing moved."""
+
+
+class NotFound(Refused):
+    """The object a request names does not exist (or is not the caller's)."""
+
+
+class Conflict(Refused):
+    """The id exists with different fields, or the action was already done."""

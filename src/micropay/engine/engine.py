@@ -41,8 +41,8 @@ from micropay.ledger.validate import (
     check_account_requests,
     check_batch_size,
     check_credit_limit,
-    check_id,
     check_ledger,
+    check_ledger_id,
     transfer_columns,
 )
 from micropay.store.base import Document, Store
@@ -213,7 +213,7 @@ class Engine:
         return self.call(lambda _ctx: state.create_ledger(code, scale))
 
     def set_credit_limit(self, account_id: str, credit_limit: int) -> tuple[Result, Account | None]:
-        check_id(account_id, "account_id")
+        check_ledger_id(account_id, "account_id")
         check_credit_limit(credit_limit)
         state = self._state
         return self.call(lambda _ctx: state.set_credit_limit(account_id, credit_limit))

@@ -16,6 +16,12 @@ BATCH_SIZE_MAX = 8190
 
 ID_LENGTH_MAX = 64
 ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+"""Ids clients choose: 1 to 64 characters of this alphabet."""
+
+LEDGER_ID_LENGTH_MAX = 128
+LEDGER_ID_ALPHABET = ID_ALPHABET | {":"}
+"""Ids inside the ledger: clients' ids, and the models' own (``payer:p1:wallet:USD``); a ``:``
+marks the latter, so the two never collide."""
 
 LEDGER_CODE_LENGTH_MAX = 12
 SCALE_MAX = 12

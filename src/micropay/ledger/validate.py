@@ -19,6 +19,8 @@ from micropay.ledger.limits import (
     ID_ALPHABET,
     ID_LENGTH_MAX,
     LEDGER_CODE_LENGTH_MAX,
+    LEDGER_ID_ALPHABET,
+    LEDGER_ID_LENGTH_MAX,
     METADATA_KEY_LENGTH_MAX,
     METADATA_KEYS_MAX,
     METADATA_VALUE_LENGTH_MAX,
@@ -44,8 +46,19 @@ def is_valid_id(value: object) -> bool:
 
 
 def check_id(value: object, param: str) -> None:
+    """A client-chosen id: 1 to 64 characters of ``A-Za-z0-9_-``."""
     if not is_valid_id(value):
         raise MalformedRequest(f"{param} must be 1 to {ID_LENGTH_MAX} characters of A-Za-z0-9_-", param)
+
+
+def is_valid_ledger_id(value: object) -> bool:
+    """1 to 128 characters of ``A-Za-z0-9_-:`` (clients' ids and the models' own)."""
+    return type(value) is str and 0 < len(value) <= LEDGER_ID_LENGTH_MAX and LEDGER_ID_ALPHABET.issuperset(value)
+
+
+def check_ledger_id(value: object, param: str) -> None:
+    if not is_valid_ledger_id(value):
+        raise MalformedRequest(f"{param} must be 1 to {LEDGER_ID_LENGTH_MAX} characters of A-Za-z0-9_-:", param)
 
 
 def _check_int(value: object, low: int, high: int, param: str) -> None:
@@ -76,7 +89,9 @@ def check_batch_size(count: int) -> None:
 RequestColumns = tuple[tuple[Any, ...], ...]
 """The fields of a list of TransferRequests, one tuple per field (``zip(*requests)``)."""
 
-_ID_LIST_PATTERN = re.compile(rf"(?:[A-Za-z0-9_-]{{1,{ID_LENGTH_MAX}}},)*[A-Za-z0-9_-]{{1,{ID_LENGTH_MAX}}}")
+_ID_LIST_PATTERN = re.compile(
+    rf"(?:[A-Za-z0-9_:-]{{1,{LEDGER_ID_LENGTH_MAX}}},)*[A-Za-z0-9_:-]{{1,{LEDGER_ID_LENGTH_MAX}}}"
+)
 _INT: set[type[Any]] = {int}
 _STR: set[type[Any]] = {str}
 _INT_OR_NONE: set[type[Any]] = {int, type(None)}
@@ -141,7 +156,7 @@ def _check_each(requests: Sequence[TransferRequest]) -> None:
         if type(request) is not TransferRequest:
             raise MalformedRequest(f"transfers[{index}] is not a TransferRequest", f"transfers[{index}]")
         transfer_id, debit_id, credit_id, amount, ledger, code, flags, pending_id, timeout_s, metadata = request
-        check_id(transfer_id, f"transfers[{index}].id")
+        check_ledger_id(transfer_id, f"transfers[{index}].id")
         if type(debit_id) is not str or type(credit_id) is not str or type(pending_id) is not str:
             raise MalformedRequest(f"transfers[{index}]: account and pending ids are strings", f"transfers[{index}]")
         if amount is not None and type(amount) is not int:
@@ -159,7 +174,7 @@ def check_account_requests(requests: Sequence[AccountRequest]) -> None:
     for index, request in enumerate(requests):
         if type(request) is not AccountRequest:
             raise MalformedRequest(f"accounts[{index}] is not an AccountRequest", f"accounts[{index}]")
-        check_id(request.id, f"accounts[{index}].id")
+        check_ledger_id(request.id, f"accounts[{index}].id")
         check_ledger_code(request.ledger, f"accounts[{index}].ledger")
         _check_int(request.flags, 0, _ACCOUNT_FLAGS_ALL, f"accounts[{index}].flags")
         _check_int(request.credit_limit, 0, CREDIT_LIMIT_MAX, f"accounts[{index}].credit_limit")
