@@ -62,10 +62,11 @@ class BatchContext:
     Everything it does commits with the batch, or is undone if the operation raises.
     """
 
-    def __init__(self, state: LedgerState, documents: list[Document], store: Store, now_ns: int) -> None:
+    def __init__(self, state: LedgerState, documents: DocumentCache, now_ns: int) -> None:
         self._state = state
-        self._documents = documents
-        self._store = store
+        self._cache = documents
+        self._written: dict[DocumentKey, bytes] = {}
+        self._undo: list[tuple[DocumentKey, bytes | None]] = []
         self.now_ns = now_ns
 
     def create_transfers(self, requests: Sequence[TransferRequest]) -> Sequence[TransferOutcome]:
@@ -90,14 +91,62 @@ class BatchContext:
         return self._state.ledger(code)
 
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
-        self._documents.append(Document(kind, document_id, body))
+        """Write a record with this batch (replacing any older version)."""
+        key = (kind, document_id)
+        self._undo.append((key, self._written.get(key)))
+        self._written[key] = body
 
     def get_document(self, kind: str, document_id: str) -> bytes | None:
-        """The newest version: written earlier in this batch, else the stored one."""
-        for document in reversed(self._documents):
-            if document.kind == kind and document.id == document_id:
-                return document.body
-        return self._store.read_document(kind, document_id)
+        """The newest version: written earlier in this batch, else the committed one."""
+        key = (kind, document_id)
+        body = self._written.get(key)
+        return body if body is not None else self._cache.get(key)
+
+    def _mark(self) -> int:
+        return len(self._undo)
+
+    def _rollback_documents(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            key, before = self._undo.pop()
+            if before is None:
+                del self._written[key]
+            else:
+                self._written[key] = before
+
+    def _documents(self) -> list[Document]:
+        return [Document(kind, document_id, body) for (kind, document_id), body in self._written.items()]
+
+
+DocumentKey = tuple[str, str]
+
+DOCUMENT_CACHE_MAX = 1_000_000
+"""Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
+
+
+class DocumentCache:
+    """Committed documents, read through to the store; updated only after a batch is durable."""
+
+    def __init__(self, store: Store, entries_max: int = DOCUMENT_CACHE_MAX) -> None:
+        self._store = store
+        self._entries: dict[DocumentKey, bytes | None] = {}
+        self._entries_max = entries_max
+
+    def get(self, key: DocumentKey) -> bytes | None:
+        entries = self._entries
+        if key in entries:
+            return entries[key]
+        body = self._store.read_document(key[0], key[1])
+        self._remember(key, body)
+        return body
+
+    def _remember(self, key: DocumentKey, body: bytes | None) -> None:
+        if len(self._entries) >= self._entries_max:
+            self._entries.clear()
+        self._entries[key] = body
+
+    def committed(self, written: dict[DocumentKey, bytes]) -> None:
+        for key, body in written.items():
+            self._remember(key, body)
 
 
 Operation = Callable[[BatchContext], T]
@@ -144,6 +193,7 @@ class Engine:
         self._queue_depth_max = queue_depth_max
         self._verify_every_batches = verify_every_batches
         self._state = LedgerState(self._fetch_transfer)
+        self._documents = DocumentCache(store)
         self._lock = threading.Lock()  # held while a batch is applied and written, and by reads
         self._cond = threading.Condition()
         self._queue: deque[_Op] = deque()
@@ -262,6 +312,11 @@ class Engine:
         with self._lock:
             self._state.verify()
 
+    def document(self, kind: str, document_id: str) -> bytes | None:
+        """A committed document (a model record), from memory or the store."""
+        with self._lock:
+            return self._documents.get((kind, document_id))
+
     @property
     def store(self) -> Store:
         return self._store
@@ -312,21 +367,20 @@ class Engine:
 
     def _process(self, ops: list[_Op]) -> None:
         state = self._state
-        documents: list[Document] = []
         outcomes: list[tuple[bool, Any]] = []
         with self._lock:
             now_ns = self._clock_ns()
             state.begin(now_ns)
-            context = BatchContext(state, documents, self._store, now_ns)
+            context = BatchContext(state, self._documents, now_ns)
             try:
                 started = time.perf_counter()
                 for op in ops:
-                    outcomes.append(self._apply(op, context, documents))
+                    outcomes.append(self._apply(op, context))
                 applied = time.perf_counter()
                 self.stats.apply_s += applied - started
                 journal = state.journal()
-                if not journal.is_empty() or documents:
-                    self._store.write(journal, documents)
+                if not journal.is_empty() or context._written:
+                    self._store.write(journal, context._documents())
                     self.stats.syncs += 1
                     self.stats.write_s += time.perf_counter() - applied
             except StoreError as error:
@@ -338,6 +392,7 @@ class Engine:
                 state.rollback()
                 raise
             state.commit()
+            self._documents.committed(context._written)
             self._after_commit(sum(op.size for op in ops))
         for op, (ok, value) in zip(ops, outcomes, strict=True):
             if ok:
@@ -345,17 +400,17 @@ class Engine:
             else:
                 op.future.set_exception(value)
 
-    def _apply(self, op: _Op, context: BatchContext, documents: list[Document]) -> tuple[bool, Any]:
+    def _apply(self, op: _Op, context: BatchContext) -> tuple[bool, Any]:
         """Run one operation; if it raises (other than an invariant), undo just its effects."""
         mark = self._state.mark()
-        documents_mark = len(documents)
+        documents_mark = context._mark()
         try:
             return True, op.run(context)
         except InvariantViolation:
             raise
         except Exception as error:
             self._state.rollback_to(mark)
-            del documents[documents_mark:]
+            context._rollback_documents(documents_mark)
             return False, error
 
     def _after_commit(self, events: int) -> None:
