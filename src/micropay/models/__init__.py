@@ -1,0 +1,1 @@
+"""Business rules: turn payment intents into ledger transfers, inside engine operations."""

@@ -1,0 +1,556 @@
+"""Prepay and post-pay: payers, merchants, top-ups, charges and refunds, as engine operations.
+
+Each public function here builds an operation ``(ctx: BatchContext) -> (record, replayed)``
+that the engine runs inside one durable batch: it reads records and balances, decides, moves
+money only by ledger transfers (one linked chain, so all or nothing), and writes its records.
+Raising ``Refused`` (or any error) undoes everything the operation did: a decline moves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from micropay.engine import BatchContext
+from micropay.errors import Conflict, InvariantViolation, NotFound, PaymentDeclined, Refused, require
+from micropay.ledger import Account, AccountRequest, Result, TransferFlags, TransferRequest
+from micropay.models import chart
+from micropay.models.records import (
+    CapUsage,
+    Charge,
+    Merchant,
+    MerchantHolds,
+    Payer,
+    PayerPromo,
+    Refund,
+    SpendCap,
+    Topup,
+    decode_cap_usage,
+    decode_charge,
+    decode_merchant,
+    decode_merchant_holds,
+    decode_payer,
+    decode_payer_promo,
+    decode_refund,
+    decode_topup,
+    encode,
+)
+from micropay.models.rules import (
+    Sources,
+    allocate,
+    consume_grants,
+    period_key,
+    platform_fee,
+    refund_split,
+    restore_grants,
+    spendable_grants,
+)
+from micropay.settlement.rails import RailOutcome, Rails
+
+R = TypeVar("R")
+Outcome = tuple[R, bool]
+"""An operation's answer: the record, and whether it was a replay of an earlier request."""
+
+SPEND_CAPS_MAX = 4
+HOLD_DAYS_MAX = 365
+DESCRIPTION_LENGTH_MAX = 500
+
+_LINKED = int(TransferFlags.LINKED)
+_NS_PER_DAY = 86_400 * 1_000_000_000
+
+# Document kinds.
+PAYER, PAYER_PROMO, CAP_USAGE = "payer", "payer_promo", "cap_usage"
+MERCHANT, MERCHANT_HOLDS = "merchant", "merchant_holds"
+CHARGE, REFUND, TOPUP = "charge", "refund", "topup"
+
+
+# ----------------------------------------------------------------- reading records
+def _read(ctx: BatchContext, kind: str, record_id: str, decode: Callable[[bytes], R]) -> R | None:
+    body = ctx.get_document(kind, record_id)
+    return None if body is None else decode(body)
+
+
+def get_payer(ctx: BatchContext, payer_id: str) -> Payer:
+    payer = _read(ctx, PAYER, payer_id, decode_payer)
+    if payer is None:
+        raise NotFound("payer_not_found", f"no payer {payer_id}", "payer_id")
+    return payer
+
+
+def get_merchant(ctx: BatchContext, merchant_id: str) -> Merchant:
+    merchant = _read(ctx, MERCHANT, merchant_id, decode_merchant)
+    if merchant is None:
+        raise NotFound("merchant_not_found", f"no merchant {merchant_id}", "merchant_id")
+    return merchant
+
+
+def get_charge(ctx: BatchContext, charge_id: str) -> Charge:
+    charge = _read(ctx, CHARGE, charge_id, decode_charge)
+    if charge is None:
+        raise NotFound("charge_not_found", f"no charge {charge_id}", "charge_id")
+    return charge
+
+
+def payer_promo(ctx: BatchContext, payer_id: str, ledger: str) -> PayerPromo:
+    found = _read(ctx, PAYER_PROMO, f"{payer_id}:{ledger}", decode_payer_promo)
+    return found if found is not None else PayerPromo(payer_id, ledger)
+
+
+def _scale(ctx: BatchContext, ledger: str) -> int:
+    found = ctx.ledger(ledger)
+    if found is None:
+        raise NotFound("ledger_not_found", f"no ledger {ledger}", "ledger")
+    return found.scale
+
+
+def _account(ctx: BatchContext, account_id: str) -> Account:
+    account = ctx.account(account_id)
+    if account is None:
+        raise InvariantViolation(f"account {account_id} is missing")
+    return account
+
+
+# ----------------------------------------------------------------- set-up
+def ensure_platform_accounts(ctx: BatchContext, ledger: str, rails: Rails) -> None:
+    """Open the platform's accounts on ``ledger`` if they are not there yet."""
+    if ctx.ledger(ledger) is None:
+        raise NotFound("ledger_not_found", f"no ledger {ledger}", "ledger")
+    if ctx.account(chart.fees_account(ledger)) is not None:
+        return
+    requests = [
+        AccountRequest(account_id, ledger, flags) for account_id, flags in chart.system_accounts(ledger, rails.names)
+    ]
+    _open_accounts(ctx, requests)
+
+
+def _open_accounts(ctx: BatchContext, requests: list[AccountRequest]) -> None:
+    for code, _ in ctx.create_accounts(requests):
+        if code not in (Result.OK, Result.EXISTS):
+            raise InvariantViolation(f"opening model accounts failed: {code}")
+
+
+def _check_caps(caps: tuple[SpendCap, ...]) -> None:
+    if len(caps) > SPEND_CAPS_MAX or len({cap.period for cap in caps}) != len(caps):
+        raise Refused("invalid_spend_caps", f"at most one cap per period, {SPEND_CAPS_MAX} at most", "spend_caps")
+
+
+@dataclass(frozen=True, slots=True)
+class PayerRequest:
+    id: str
+    ledger: str
+    mode: str
+    credit_limit: int = 0
+    spend_caps: tuple[SpendCap, ...] = ()
+
+
+def create_payer(request: PayerRequest, rails: Rails) -> Callable[[BatchContext], Outcome[Payer]]:
+    def run(ctx: BatchContext) -> Outcome[Payer]:
+        existing = _read(ctx, PAYER, request.id, decode_payer)
+        if existing is not None:
+            same = (existing.ledger, existing.mode, existing.credit_limit, existing.spend_caps) == (
+                request.ledger,
+                request.mode,
+                request.credit_limit,
+                request.spend_caps,
+            )
+            if not same:
+                raise Conflict("exists_with_different_fields", f"payer {request.id} exists with other fields", "id")
+            return existing, True
+        _check_caps(request.spend_caps)
+        if request.mode == "prepay" and request.credit_limit:
+            raise Refused(
+                "credit_limit_not_allowed", "a prepay payer has no tab to give a credit limit", "credit_limit"
+            )
+        ensure_platform_accounts(ctx, request.ledger, rails)
+        ledger = request.ledger
+        _open_accounts(
+            ctx,
+            [
+                AccountRequest(chart.wallet_account(request.id, ledger), ledger, chart.WALLET_FLAGS),
+                AccountRequest(chart.promo_account(request.id, ledger), ledger, chart.WALLET_FLAGS),
+                AccountRequest(chart.tab_account(request.id, ledger), ledger, chart.WALLET_FLAGS, request.credit_limit),
+            ],
+        )
+        payer = Payer(
+            id=request.id,
+            ledger=ledger,
+            mode=request.mode,
+            status="active",
+            credit_limit=request.credit_limit,
+            spend_caps=request.spend_caps,
+            created_at_ns=ctx.now_ns,
+        )
+        ctx.put_document(PAYER, payer.id, encode(payer))
+        return payer, False
+
+    return run
+
+
+def update_payer(
+    payer_id: str,
+    *,
+    credit_limit: int | None = None,
+    spend_caps: tuple[SpendCap, ...] | None = None,
+    status: str | None = None,
+) -> Callable[[BatchContext], Payer]:
+    def run(ctx: BatchContext) -> Payer:
+        payer = get_payer(ctx, payer_id)
+        if credit_limit is not None and credit_limit != payer.credit_limit:
+            if payer.mode == "prepay" and credit_limit:
+                raise Refused("credit_limit_not_allowed", "a prepay payer has no tab", "credit_limit")
+            code, _ = ctx.set_credit_limit(chart.tab_account(payer.id, payer.ledger), credit_limit)
+            if code is Result.CREDIT_LIMIT_BELOW_USAGE:
+                raise Refused("credit_limit_below_usage", "the tab already owes more than that limit", "credit_limit")
+            require(code is Result.OK, f"set_credit_limit answered {code}")
+            payer = replace(payer, credit_limit=credit_limit)
+        if spend_caps is not None:
+            _check_caps(spend_caps)
+            payer = replace(payer, spend_caps=spend_caps)
+        if status is not None:
+            payer = replace(payer, status=status)
+        ctx.put_document(PAYER, payer.id, encode(payer))
+        return payer
+
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantRequest:
+    id: str
+    ledger: str
+    fee_percent_bps: int = 0
+    fee_fixed: int = 0
+    payout_threshold: int = 0
+    payout_hold_days: int = 0
+
+
+def create_merchant(request: MerchantRequest, rails: Rails) -> Callable[[BatchContext], Outcome[Merchant]]:
+    def run(ctx: BatchContext) -> Outcome[Merchant]:
+        existing = _read(ctx, MERCHANT, request.id, decode_merchant)
+        asked = (
+            request.ledger,
+            request.fee_percent_bps,
+            request.fee_fixed,
+            request.payout_threshold,
+            request.payout_hold_days,
+        )
+        if existing is not None:
+            had = (
+                existing.ledger,
+                existing.fee_percent_bps,
+                existing.fee_fixed,
+                existing.payout_threshold,
+                existing.payout_hold_days,
+            )
+            if had != asked:
+                raise Conflict("exists_with_different_fields", f"merchant {request.id} exists with other fields", "id")
+            return existing, True
+        if not 0 <= request.fee_percent_bps <= 10_000:
+            raise Refused("invalid_fee", "fee.percent_bps is 0 to 10000", "fee.percent_bps")
+        if not 0 <= request.payout_hold_days <= HOLD_DAYS_MAX:
+            raise Refused("invalid_hold_days", f"payout.hold_days is 0 to {HOLD_DAYS_MAX}", "payout.hold_days")
+        ensure_platform_accounts(ctx, request.ledger, rails)
+        _open_accounts(ctx, [AccountRequest(chart.merchant_account(request.id), request.ledger)])
+        merchant = Merchant(request.id, *asked, created_at_ns=ctx.now_ns)
+        ctx.put_document(MERCHANT, merchant.id, encode(merchant))
+        return merchant, False
+
+    return run
+
+
+# ----------------------------------------------------------------- top-ups (cash-in)
+@dataclass(frozen=True, slots=True)
+class TopupRequest:
+    id: str
+    payer_id: str
+    amount: int
+    rail: str
+    simulate_failure: bool = False
+
+
+def topup(request: TopupRequest, rails: Rails) -> Callable[[BatchContext], Outcome[Topup]]:
+    """Cash-in: the wallet receives ``amount`` in full once the rail succeeds; the rail's fee is
+    the platform's expense. A rail that answers ``pending`` settles later (``settle_topups``)."""
+
+    def run(ctx: BatchContext) -> Outcome[Topup]:
+        existing = _read(ctx, TOPUP, request.id, decode_topup)
+        if existing is not None:
+            if (existing.payer_id, existing.amount, existing.rail) != (request.payer_id, request.amount, request.rail):
+                raise Conflict("exists_with_different_fields", f"top-up {request.id} exists with other fields", "id")
+            return existing, True
+        payer = get_payer(ctx, request.payer_id)
+        if payer.status != "active":
+            raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
+        rail = rails.get(request.rail)
+        outcome: RailOutcome = rail.collect(
+            request.amount, _scale(ctx, payer.ledger), ctx.now_ns, request.simulate_failure
+        )
+        record = Topup(
+            id=request.id,
+            payer_id=payer.id,
+            ledger=payer.ledger,
+            amount=request.amount,
+            rail=rail.name,
+            fee=outcome.fee,
+            status=outcome.status,
+            failure_code=outcome.failure_code,
+            created_at_ns=ctx.now_ns,
+            settles_at_ns=outcome.settles_at_ns,
+            simulate_failure=request.simulate_failure,
+        )
+        if outcome.status == "succeeded":
+            _book_cash_in(ctx, record, chart.wallet_account(payer.id, payer.ledger), f"topup:{record.id}")
+        ctx.put_document(TOPUP, record.id, encode(record))
+        return record, False
+
+    return run
+
+
+def _book_cash_in(ctx: BatchContext, record: Topup, target_account: str, transfer_prefix: str) -> None:
+    """Money collected through a rail: clearing -> target (in full), the fee as an expense, and the
+    net settled from clearing to the platform's bank. One linked chain."""
+    ledger = record.ledger
+    clearing = chart.rail_clearing_account(record.rail, ledger)
+    legs = [TransferRequest(f"{transfer_prefix}:in", clearing, target_account, record.amount, ledger)]
+    if record.fee:
+        legs.append(
+            TransferRequest(f"{transfer_prefix}:fee", chart.rail_fees_account(ledger), clearing, record.fee, ledger)
+        )
+    if record.amount > record.fee:
+        legs.append(
+            TransferRequest(
+                f"{transfer_prefix}:settle", chart.bank_account(ledger), clearing, record.amount - record.fee, ledger
+            )
+        )
+    _move(ctx, legs, "insufficient_funds")
+
+
+def _move(ctx: BatchContext, legs: list[TransferRequest], decline_code: str) -> None:
+    """Apply ``legs`` as one linked chain; any failure undoes the whole operation."""
+    chain = [leg._replace(flags=leg.flags | _LINKED) for leg in legs[:-1]] + legs[-1:]
+    outcomes = ctx.create_transfers(chain)
+    for code, _ in outcomes:
+        if code is Result.EXCEEDS_CREDITS:
+            raise PaymentDeclined(decline_code, "not enough funds for this payment")
+        if code is not Result.OK:
+            raise InvariantViolation(f"a model transfer failed with {code}")
+
+
+def settle_topups(topup_ids: list[str], rails: Rails) -> Callable[[BatchContext], list[Topup]]:
+    """Settle pending top-ups whose rail has answered by now (``settles_at_ns`` passed)."""
+
+    def run(ctx: BatchContext) -> list[Topup]:
+        settled = []
+        for topup_id in topup_ids:
+            record = _read(ctx, TOPUP, topup_id, decode_topup)
+            if record is None or record.status != "pending" or record.settles_at_ns > ctx.now_ns:
+                continue
+            outcome = rails.get(record.rail).settle(record.amount, _scale(ctx, record.ledger), record.simulate_failure)
+            record = replace(record, status=outcome.status, failure_code=outcome.failure_code, fee=outcome.fee)
+            if outcome.status == "succeeded":
+                _book_cash_in(ctx, record, chart.wallet_account(record.payer_id, record.ledger), f"topup:{record.id}")
+            ctx.put_document(TOPUP, record.id, encode(record))
+            settled.append(record)
+        return settled
+
+    return run
+
+
+# ----------------------------------------------------------------- charges
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    id: str
+    payer_id: str
+    merchant_id: str
+    amount: int
+    description: str = ""
+    kind: str = "charge"
+
+
+def charge(request: ChargeRequest) -> Callable[[BatchContext], Outcome[Charge]]:
+    def run(ctx: BatchContext) -> Outcome[Charge]:
+        existing = _read(ctx, CHARGE, request.id, decode_charge)
+        if existing is not None:
+            asked = (request.payer_id, request.merchant_id, request.amount, request.description, request.kind)
+            had = (existing.payer_id, existing.merchant_id, existing.amount, existing.description, existing.kind)
+            if asked != had:
+                raise Conflict("exists_with_different_fields", f"charge {request.id} exists with other fields", "id")
+            return existing, True
+        return charge_now(ctx, request), False
+
+    return run
+
+
+def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
+    """Charge a payer for a merchant inside the caller's operation (used by passes and pools too)."""
+    payer = get_payer(ctx, request.payer_id)
+    merchant = get_merchant(ctx, request.merchant_id)
+    if merchant.ledger != payer.ledger:
+        raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
+    if payer.status != "active":
+        raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
+    now_ns = ctx.now_ns
+    usage = _read(ctx, CAP_USAGE, payer.id, decode_cap_usage) or CapUsage(payer.id)
+    for cap in payer.spend_caps:
+        if usage.amount(period_key(cap.period, now_ns)) + request.amount > cap.amount:
+            raise PaymentDeclined("spend_cap_exceeded", f"the payer's {cap.period} spending cap would be crossed")
+    ledger = payer.ledger
+    promo = payer_promo(ctx, payer.id, ledger)
+    promo_available = sum(grant.remaining for grant in spendable_grants(promo.grants, now_ns))
+    wallet = _account(ctx, chart.wallet_account(payer.id, ledger))
+    tab = _account(ctx, chart.tab_account(payer.id, ledger))
+    sources = allocate(
+        payer.mode,
+        request.amount,
+        min(promo_available, _account(ctx, chart.promo_account(payer.id, ledger)).available),
+        max(wallet.available, 0),
+        max(tab.available, 0),
+    )
+    if isinstance(sources, str):
+        raise PaymentDeclined(sources, "the payer cannot pay this amount")
+    fee = platform_fee(request.amount, merchant.fee_percent_bps, merchant.fee_fixed)
+    merchant_account = chart.merchant_account(merchant.id)
+    prefix = f"charge:{request.id}"
+    legs = []
+    for leg, amount, account_id in (
+        ("promo", sources.promo, chart.promo_account(payer.id, ledger)),
+        ("wallet", sources.wallet, chart.wallet_account(payer.id, ledger)),
+        ("tab", sources.tab, chart.tab_account(payer.id, ledger)),
+    ):
+        if amount:
+            legs.append(TransferRequest(f"{prefix}:{leg}", account_id, merchant_account, amount, ledger))
+    if fee:
+        legs.append(TransferRequest(f"{prefix}:fee", merchant_account, chart.fees_account(ledger), fee, ledger))
+    _move(ctx, legs, "insufficient_funds")
+
+    promo_taken: tuple[tuple[str, int], ...] = ()
+    if sources.promo:
+        grants, promo_taken = consume_grants(promo.grants, sources.promo, now_ns)
+        ctx.put_document(PAYER_PROMO, f"{payer.id}:{ledger}", encode(replace(promo, grants=grants)))
+    if payer.spend_caps:
+        _add_usage(ctx, usage, payer.spend_caps, request.amount, now_ns)
+    _add_earnings(ctx, merchant, request.amount - fee, now_ns)
+    record = Charge(
+        id=request.id,
+        payer_id=payer.id,
+        merchant_id=merchant.id,
+        ledger=ledger,
+        amount=request.amount,
+        platform_fee=fee,
+        merchant_amount=request.amount - fee,
+        sources=sources,
+        promo_taken=promo_taken,
+        refunded=Sources(0, 0, 0),
+        description=request.description,
+        status="succeeded",
+        created_at_ns=now_ns,
+        kind=request.kind,
+    )
+    ctx.put_document(CHARGE, record.id, encode(record))
+    return record
+
+
+def _add_usage(ctx: BatchContext, usage: CapUsage, caps: tuple[SpendCap, ...], amount: int, now_ns: int) -> None:
+    current = dict(usage.used)
+    keys = {period_key(cap.period, now_ns) for cap in caps}
+    used = tuple((key, current.get(key, 0) + amount) for key in sorted(keys))
+    ctx.put_document(CAP_USAGE, usage.payer_id, encode(CapUsage(usage.payer_id, used)))
+
+
+def _add_earnings(ctx: BatchContext, merchant: Merchant, amount: int, now_ns: int) -> None:
+    """Remember today's net earnings while they are on hold (``hold_days`` > 0)."""
+    if not merchant.payout_hold_days or not amount:
+        return
+    holds = _read(ctx, MERCHANT_HOLDS, merchant.id, decode_merchant_holds) or MerchantHolds(merchant.id)
+    today = now_ns // _NS_PER_DAY
+    days = {int(day): value for day, value in holds.days if int(day) > today - merchant.payout_hold_days}
+    days[today] = days.get(today, 0) + amount
+    kept = tuple((str(day), value) for day, value in sorted(days.items()))
+    ctx.put_document(MERCHANT_HOLDS, merchant.id, encode(MerchantHolds(merchant.id, kept)))
+
+
+def merchant_on_hold(ctx: BatchContext, merchant: Merchant) -> int:
+    """Net earnings of the last ``hold_days`` days, not yet available for payout."""
+    if not merchant.payout_hold_days:
+        return 0
+    holds = _read(ctx, MERCHANT_HOLDS, merchant.id, decode_merchant_holds)
+    if holds is None:
+        return 0
+    today = ctx.now_ns // _NS_PER_DAY
+    return max(0, sum(value for day, value in holds.days if int(day) > today - merchant.payout_hold_days))
+
+
+# ----------------------------------------------------------------- refunds
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    id: str
+    charge_id: str
+    amount: int | None = None
+
+
+def refund(request: RefundRequest) -> Callable[[BatchContext], Outcome[Refund]]:
+    """Return all or part of a charge to where it came from: paid part first (wallet, then tab),
+    promo last (to the grants it was taken from). Never more than charged in total."""
+
+    def run(ctx: BatchContext) -> Outcome[Refund]:
+        existing = _read(ctx, REFUND, request.id, decode_refund)
+        if existing is not None:
+            same = existing.charge_id == request.charge_id and request.amount in (None, existing.amount)
+            if not same:
+                raise Conflict("exists_with_different_fields", f"refund {request.id} exists with other fields", "id")
+            return existing, True
+        charge_record = get_charge(ctx, request.charge_id)
+        left = charge_record.amount - charge_record.amount_refunded
+        amount = left if request.amount is None else request.amount
+        if amount <= 0 or amount > left:
+            raise Refused("refund_exceeds_charge", f"at most {left} of this charge is left to refund", "amount")
+        returned = refund_split(charge_record.sources, charge_record.refunded, amount)
+        ledger = charge_record.ledger
+        payer_id = charge_record.payer_id
+        merchant_account = chart.merchant_account(charge_record.merchant_id)
+        legs = []
+        for leg, part, account_id in (
+            ("wallet", returned.wallet, chart.wallet_account(payer_id, ledger)),
+            ("tab", returned.tab, chart.tab_account(payer_id, ledger)),
+            ("promo", returned.promo, chart.promo_account(payer_id, ledger)),
+        ):
+            if part:
+                legs.append(TransferRequest(f"refund:{request.id}:{leg}", merchant_account, account_id, part, ledger))
+        _move(ctx, legs, "insufficient_funds")
+        if returned.promo:
+            promo = payer_promo(ctx, payer_id, ledger)
+            back = _promo_back(charge_record, returned.promo)
+            ctx.put_document(
+                PAYER_PROMO, f"{payer_id}:{ledger}", encode(replace(promo, grants=restore_grants(promo.grants, back)))
+            )
+        record = Refund(request.id, charge_record.id, amount, returned, "succeeded", ctx.now_ns)
+        refunded = Sources(
+            charge_record.refunded.promo + returned.promo,
+            charge_record.refunded.wallet + returned.wallet,
+            charge_record.refunded.tab + returned.tab,
+        )
+        updated = replace(charge_record, refunded=refunded, refund_ids=(*charge_record.refund_ids, record.id))
+        ctx.put_document(CHARGE, updated.id, encode(updated))
+        ctx.put_document(REFUND, record.id, encode(record))
+        return record, False
+
+    return run
+
+
+def _promo_back(charge_record: Charge, amount: int) -> tuple[tuple[str, int], ...]:
+    """Which grants get ``amount`` of promo back: those the charge took from, last taken first,
+    less what earlier refunds already returned to them."""
+    already = charge_record.refunded.promo
+    back: list[tuple[str, int]] = []
+    left = amount
+    for grant_id, taken in reversed(charge_record.promo_taken):
+        returned_here = min(already, taken)
+        already -= returned_here
+        room = taken - returned_here
+        give = min(room, left)
+        if give:
+            back.append((grant_id, give))
+            left -= give
+    require(left == 0, "promo refund exceeds what the charge took from grants")
+    return tuple(back)

@@ -1,0 +1,1 @@
+"""Settlement: the rails money enters and leaves through, payouts, exchange."""
