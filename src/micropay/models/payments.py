@@ -46,6 +46,7 @@ from micropay.models.rules import (
     restore_grants,
     spendable_grants,
 )
+from micropay.models.tab import accrue
 from micropay.settlement.rails import RailOutcome, Rails
 
 R = TypeVar("R")
@@ -97,7 +98,7 @@ def payer_promo(ctx: BatchContext, payer_id: str, ledger: str) -> PayerPromo:
     return found if found is not None else PayerPromo(payer_id, ledger)
 
 
-def _scale(ctx: BatchContext, ledger: str) -> int:
+def scale_of(ctx: BatchContext, ledger: str) -> int:
     found = ctx.ledger(ledger)
     if found is None:
         raise NotFound("ledger_not_found", f"no ledger {ledger}", "ledger")
@@ -207,8 +208,8 @@ def update_payer(
         if spend_caps is not None:
             _check_caps(spend_caps)
             payer = replace(payer, spend_caps=spend_caps)
-        if status is not None:
-            payer = replace(payer, status=status)
+        if status is not None and status != payer.status:
+            payer = replace(payer, status=status, suspended_reason="admin" if status == "suspended" else "")
         ctx.put_document(PAYER, payer.id, encode(payer))
         return payer
 
@@ -284,7 +285,7 @@ def topup(request: TopupRequest, rails: Rails) -> Callable[[BatchContext], Outco
             raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
         rail = rails.get(request.rail)
         outcome: RailOutcome = rail.collect(
-            request.amount, _scale(ctx, payer.ledger), ctx.now_ns, request.simulate_failure
+            request.amount, scale_of(ctx, payer.ledger), ctx.now_ns, request.simulate_failure
         )
         record = Topup(
             id=request.id,
@@ -300,14 +301,14 @@ def topup(request: TopupRequest, rails: Rails) -> Callable[[BatchContext], Outco
             simulate_failure=request.simulate_failure,
         )
         if outcome.status == "succeeded":
-            _book_cash_in(ctx, record, chart.wallet_account(payer.id, payer.ledger), f"topup:{record.id}")
+            book_cash_in(ctx, record, chart.wallet_account(payer.id, payer.ledger), f"topup:{record.id}")
         ctx.put_document(TOPUP, record.id, encode(record))
         return record, False
 
     return run
 
 
-def _book_cash_in(ctx: BatchContext, record: Topup, target_account: str, transfer_prefix: str) -> None:
+def book_cash_in(ctx: BatchContext, record: Topup, target_account: str, transfer_prefix: str) -> None:
     """Money collected through a rail: clearing -> target (in full), the fee as an expense, and the
     net settled from clearing to the platform's bank. One linked chain."""
     ledger = record.ledger
@@ -323,10 +324,10 @@ def _book_cash_in(ctx: BatchContext, record: Topup, target_account: str, transfe
                 f"{transfer_prefix}:settle", chart.bank_account(ledger), clearing, record.amount - record.fee, ledger
             )
         )
-    _move(ctx, legs, "insufficient_funds")
+    move(ctx, legs, "insufficient_funds")
 
 
-def _move(ctx: BatchContext, legs: list[TransferRequest], decline_code: str) -> None:
+def move(ctx: BatchContext, legs: list[TransferRequest], decline_code: str) -> None:
     """Apply ``legs`` as one linked chain; any failure undoes the whole operation."""
     chain = [leg._replace(flags=leg.flags | _LINKED) for leg in legs[:-1]] + legs[-1:]
     outcomes = ctx.create_transfers(chain)
@@ -346,10 +347,12 @@ def settle_topups(topup_ids: list[str], rails: Rails) -> Callable[[BatchContext]
             record = _read(ctx, TOPUP, topup_id, decode_topup)
             if record is None or record.status != "pending" or record.settles_at_ns > ctx.now_ns:
                 continue
-            outcome = rails.get(record.rail).settle(record.amount, _scale(ctx, record.ledger), record.simulate_failure)
+            outcome = rails.get(record.rail).settle(
+                record.amount, scale_of(ctx, record.ledger), record.simulate_failure
+            )
             record = replace(record, status=outcome.status, failure_code=outcome.failure_code, fee=outcome.fee)
             if outcome.status == "succeeded":
-                _book_cash_in(ctx, record, chart.wallet_account(record.payer_id, record.ledger), f"topup:{record.id}")
+                book_cash_in(ctx, record, chart.wallet_account(record.payer_id, record.ledger), f"topup:{record.id}")
             ctx.put_document(TOPUP, record.id, encode(record))
             settled.append(record)
         return settled
@@ -422,7 +425,7 @@ def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
             legs.append(TransferRequest(f"{prefix}:{leg}", account_id, merchant_account, amount, ledger))
     if fee:
         legs.append(TransferRequest(f"{prefix}:fee", merchant_account, chart.fees_account(ledger), fee, ledger))
-    _move(ctx, legs, "insufficient_funds")
+    move(ctx, legs, "insufficient_funds")
 
     promo_taken: tuple[tuple[str, int], ...] = ()
     if sources.promo:
@@ -431,6 +434,7 @@ def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
     if payer.spend_caps:
         _add_usage(ctx, usage, payer.spend_caps, request.amount, now_ns)
     _add_earnings(ctx, merchant, request.amount - fee, now_ns)
+    accrue(ctx, payer.id, sources.tab)
     record = Charge(
         id=request.id,
         payer_id=payer.id,
@@ -517,13 +521,13 @@ def refund(request: RefundRequest) -> Callable[[BatchContext], Outcome[Refund]]:
         ):
             if part:
                 legs.append(TransferRequest(f"refund:{request.id}:{leg}", merchant_account, account_id, part, ledger))
-        _move(ctx, legs, "insufficient_funds")
+        move(ctx, legs, "insufficient_funds")
+        accrue(ctx, payer_id, -returned.tab)
         if returned.promo:
             promo = payer_promo(ctx, payer_id, ledger)
             back = _promo_back(charge_record, returned.promo)
-            ctx.put_document(
-                PAYER_PROMO, f"{payer_id}:{ledger}", encode(replace(promo, grants=restore_grants(promo.grants, back)))
-            )
+            grants = restore_grants(promo.grants, back, ctx.now_ns)
+            ctx.put_document(PAYER_PROMO, f"{payer_id}:{ledger}", encode(replace(promo, grants=grants)))
         record = Refund(request.id, charge_record.id, amount, returned, "succeeded", ctx.now_ns)
         refunded = Sources(
             charge_record.refunded.promo + returned.promo,

@@ -31,6 +31,7 @@ class Payer:
     spend_caps: tuple[SpendCap, ...]
     created_at_ns: int
     ledgers: tuple[str, ...] = ()  # other ledgers holding a wallet of this payer (exchange)
+    suspended_reason: str = ""  # "" | "past_due" | "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class PayerPromo:
     payer_id: str
     ledger: str
     grants: tuple[PromoGrant, ...] = ()
+    expiries: int = 0  # how many expiry sweeps moved credit (numbers their transfers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,8 @@ def decode_payer(body: bytes) -> Payer:
         credit_limit=int(data["credit_limit"]),
         spend_caps=caps,
         created_at_ns=int(data["created_at_ns"]),
-        ledgers=tuple(data.get("ledgers", ())),
+        ledgers=tuple(data["ledgers"]),
+        suspended_reason=data["suspended_reason"],
     )
 
 
@@ -153,7 +156,7 @@ def decode_payer_promo(body: bytes) -> PayerPromo:
     grants = tuple(
         PromoGrant(str(g["id"]), int(g["amount"]), int(g["remaining"]), int(g["expires_at_ns"])) for g in data["grants"]
     )
-    return PayerPromo(payer_id=data["payer_id"], ledger=data["ledger"], grants=grants)
+    return PayerPromo(payer_id=data["payer_id"], ledger=data["ledger"], grants=grants, expiries=int(data["expiries"]))
 
 
 def decode_cap_usage(body: bytes) -> CapUsage:

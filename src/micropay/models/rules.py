@@ -104,13 +104,26 @@ def consume_grants(
     return updated, tuple(taken.items())
 
 
-def restore_grants(grants: tuple[PromoGrant, ...], returned: tuple[tuple[str, int], ...]) -> tuple[PromoGrant, ...]:
-    """Give refunded promo credit back to the grants it came from."""
+def restore_grants(
+    grants: tuple[PromoGrant, ...], returned: tuple[tuple[str, int], ...], now_ns: int
+) -> tuple[PromoGrant, ...]:
+    """Give refunded promo credit back to the grants it came from.
+
+    A grant no longer kept (it expired and was dropped) comes back as an expired grant holding
+    the refunded credit, so the next expiry sweep moves it to the reversal account.
+    """
     back = dict(returned)
+    known = {grant.id for grant in grants}
     updated = tuple(replace(g, remaining=g.remaining + back[g.id]) if g.id in back else g for g in grants)
+    revived = tuple(
+        PromoGrant(grant_id, amount, amount, now_ns) for grant_id, amount in back.items() if grant_id not in known
+    )
     for grant in updated:
-        require(grant.remaining <= grant.amount, f"restore_grants: grant {grant.id} over its amount")
-    return updated
+        require(
+            grant.remaining <= grant.amount or grant.expires_at_ns <= now_ns,
+            f"restore_grants: live grant {grant.id} over its amount",
+        )
+    return updated + revived
 
 
 def expired_grants(grants: tuple[PromoGrant, ...], now_ns: int) -> tuple[tuple[PromoGrant, ...], int]:
