@@ -1,0 +1,201 @@
+"""Price plans for metered usage, evaluated exactly in integers.
+
+A plan prices a period's cumulative quantity ``q``; prices are decimal strings in minor units
+and may be fractions of one (``"0.0004"``). Every price is held as a fraction with one common
+denominator per plan, so ``price(q)`` is an exact rational ``numerator / denominator`` computed
+with integer arithmetic only (no floats, no Fraction objects on the hot path).
+
+Real-time rating charges each event ``floor(price(after)) - floor(price(before))``: the charges of
+a period telescope to ``floor(price(total))``, whatever the order and split of the events, so
+fractions carry from event to event and nothing is lost or invented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+from micropay.errors import Refused, require
+
+TIERS_MAX = 32
+PRICE_DIGITS_MAX = 12
+"""Most digits after the point a price may carry (``"0.000000000001"``)."""
+UNIT_PRICE_MAX = Fraction(10**12)
+QUANTITY_MAX = 10**12
+"""Largest cumulative quantity in one period."""
+
+
+def parse_price(text: object, param: str) -> Fraction:
+    """A non-negative decimal string (``"12"``, ``"0.04"``) as an exact fraction."""
+    if not isinstance(text, str) or not text or len(text) > 40:
+        raise Refused("invalid_price", f'{param} must be a decimal string like "0.04"', param)
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise Refused("invalid_price", f'{param} must be a decimal string like "0.04"', param) from None
+    exponent = value.as_tuple().exponent
+    if not value.is_finite() or value < 0 or not isinstance(exponent, int) or -exponent > PRICE_DIGITS_MAX:
+        raise Refused("invalid_price", f"{param} must be non-negative with at most {PRICE_DIGITS_MAX} decimals", param)
+    price = Fraction(value)
+    if price > UNIT_PRICE_MAX:
+        raise Refused("invalid_price", f"{param} is over the maximum", param)
+    return price
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Units ``(previous up_to, up_to]`` at ``unit_price`` each, plus ``flat`` once the first lands."""
+
+    up_to: int | None
+    unit_price: int  # numerator over the plan's denominator
+    flat: int  # numerator over the plan's denominator
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """A plan's pricing with every price as a numerator over ``denominator``."""
+
+    model: str  # "per_unit" | "graduated" | "package"
+    denominator: int
+    unit_price: int = 0
+    tiers: tuple[Tier, ...] = ()
+    package_size: int = 0
+    package_price: int = 0
+    minimum: int = 0
+
+    def numerator(self, quantity: int) -> int:
+        """``price(quantity) * denominator``, exactly."""
+        require(0 <= quantity <= QUANTITY_MAX, "pricing: quantity out of range")
+        if self.model == "per_unit":
+            return quantity * self.unit_price
+        if self.model == "package":
+            packages = -(-quantity // self.package_size)
+            return packages * self.package_price
+        total = 0
+        below = 0
+        for tier in self.tiers:
+            if quantity <= below:
+                break
+            top = quantity if tier.up_to is None else min(quantity, tier.up_to)
+            total += tier.flat + (top - below) * tier.unit_price
+            if tier.up_to is None:
+                break
+            below = tier.up_to
+        return total
+
+    def price_floor(self, quantity: int) -> int:
+        """``floor(price(quantity))`` in whole minor units."""
+        return self.numerator(quantity) // self.denominator
+
+    def charge(self, before: int, after: int) -> int:
+        """What an event taking the period's quantity from ``before`` to ``after`` costs."""
+        require(0 <= before <= after, "pricing: quantities must not go down")
+        amount = self.price_floor(after) - self.price_floor(before)
+        require(amount >= 0, "pricing: price went down as quantity grew")
+        return amount
+
+    def minimum_floor(self) -> int:
+        return self.minimum // self.denominator
+
+
+def _common(prices: list[Fraction]) -> int:
+    denominator = 1
+    for price in prices:
+        denominator = math.lcm(denominator, price.denominator)
+    return denominator
+
+
+def _scaled(price: Fraction, denominator: int) -> int:
+    scaled = price * denominator
+    require(scaled.denominator == 1, "pricing: price not a multiple of the common denominator")
+    return int(scaled)
+
+
+def parse_pricing(data: dict[str, object], minimum: object = None) -> Pricing:
+    """Validate an API ``pricing`` object (and an optional period ``minimum``) into a Pricing."""
+    model = data.get("model")
+    minimum_price = Fraction(0) if minimum is None else parse_price(minimum, "minimum")
+    if model == "per_unit":
+        unit = parse_price(data.get("unit_price"), "pricing.unit_price")
+        denominator = _common([unit, minimum_price])
+        return Pricing(
+            "per_unit", denominator, unit_price=_scaled(unit, denominator), minimum=_scaled(minimum_price, denominator)
+        )
+    if model == "package":
+        size = data.get("package_size")
+        if type(size) is not int or not 0 < size <= QUANTITY_MAX:
+            raise Refused("invalid_pricing", "pricing.package_size must be a positive integer", "pricing.package_size")
+        price = parse_price(data.get("package_price"), "pricing.package_price")
+        denominator = _common([price, minimum_price])
+        return Pricing(
+            "package",
+            denominator,
+            package_size=size,
+            package_price=_scaled(price, denominator),
+            minimum=_scaled(minimum_price, denominator),
+        )
+    if model == "graduated":
+        return _parse_graduated(data, minimum_price)
+    raise Refused("invalid_pricing", "pricing.model is per_unit, graduated or package", "pricing.model")
+
+
+def _parse_graduated(data: dict[str, object], minimum_price: Fraction) -> Pricing:
+    raw = data.get("tiers")
+    if not isinstance(raw, list) or not 0 < len(raw) <= TIERS_MAX:
+        raise Refused("invalid_pricing", f"pricing.tiers holds 1 to {TIERS_MAX} tiers", "pricing.tiers")
+    parsed: list[tuple[int | None, Fraction, Fraction]] = []
+    below = 0
+    for index, tier in enumerate(raw):
+        param = f"pricing.tiers[{index}]"
+        if not isinstance(tier, dict):
+            raise Refused("invalid_pricing", f"{param} must be an object", param)
+        up_to = tier.get("up_to")
+        last = index == len(raw) - 1
+        if up_to is None:
+            if not last:
+                raise Refused("invalid_pricing", "only the last tier may be open-ended (up_to null)", param)
+        elif type(up_to) is not int or not below < up_to <= QUANTITY_MAX:
+            raise Refused("invalid_pricing", f"{param}.up_to must be an integer above the previous tier's", param)
+        unit = parse_price(tier.get("unit_price"), f"{param}.unit_price")
+        flat_text = tier.get("flat")
+        flat = Fraction(0) if flat_text is None else parse_price(flat_text, f"{param}.flat")
+        parsed.append((up_to, unit, flat))
+        below = up_to if up_to is not None else below
+    denominator = _common([price for _, unit, flat in parsed for price in (unit, flat)] + [minimum_price])
+    tiers = tuple(Tier(up_to, _scaled(unit, denominator), _scaled(flat, denominator)) for up_to, unit, flat in parsed)
+    return Pricing("graduated", denominator, tiers=tiers, minimum=_scaled(minimum_price, denominator))
+
+
+def pricing_to_json(pricing: Pricing) -> dict[str, object]:
+    """A Pricing as the API's ``pricing`` object, prices back as exact decimal strings."""
+
+    def text(numerator: int) -> str:
+        return _decimal_text(Fraction(numerator, pricing.denominator))
+
+    if pricing.model == "per_unit":
+        return {"model": "per_unit", "unit_price": text(pricing.unit_price)}
+    if pricing.model == "package":
+        return {"model": "package", "package_size": pricing.package_size, "package_price": text(pricing.package_price)}
+    return {
+        "model": "graduated",
+        "tiers": [{"up_to": t.up_to, "unit_price": text(t.unit_price), "flat": text(t.flat)} for t in pricing.tiers],
+    }
+
+
+def _decimal_text(value: Fraction) -> str:
+    """An exact decimal string for a fraction whose denominator divides a power of ten."""
+    digits = 0
+    while (value * 10**digits).denominator != 1:
+        digits += 1
+        require(digits <= PRICE_DIGITS_MAX, "pricing: not a decimal price")
+    scaled = int(value * 10**digits)
+    if not digits:
+        return str(scaled)
+    whole, part = divmod(scaled, 10**digits)
+    return f"{whole}.{part:0{digits}d}"
+
+
+def minimum_text(pricing: Pricing) -> str:
+    return _decimal_text(Fraction(pricing.minimum, pricing.denominator))
