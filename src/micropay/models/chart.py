@@ -33,6 +33,16 @@ def merchant_account(merchant_id: str) -> str:
     return f"merchant:{merchant_id}"
 
 
+def publisher_account(publisher_id: str) -> str:
+    """A publisher's earnings from pool distributions, ready for payouts."""
+    return f"publisher:{publisher_id}"
+
+
+def pool_account(pool_id: str) -> str:
+    """Members' fees collected into a pool, until a distribution pays them out."""
+    return f"pool:{pool_id}"
+
+
 def fees_account(ledger: str) -> str:
     """Platform fee revenue."""
     return f"platform:fees:{ledger}"
