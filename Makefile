@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(VENV)/bin/micropay bench ledger
 
 run: $(STAMP)
-	$(VENV)/bin/micropay serve --host $(HOST) --port $(PORT) --init
+	$(VENV)/bin/micropay serve --host $(HOST) --port $(PORT) --admin-key-file data/admin.key
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

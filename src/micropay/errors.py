@@ -48,26 +48,85 @@ def require(condition: bool, message: str) -> None:
         raise InvariantViolation(message)
 
 
-class Refused(MicropayError):
-    """A business rule refused a request; ``code`` says which (API.md's error codes).
+class ApiError(MicropayError):
+    """A refusal the HTTP API renders as ``{"error": {type, code, message, param}}`` with ``status``.
 
-    Raised inside an engine operation it undoes that operation's effects: nothing moves.
+    Raised by the API face, and by business rules inside an engine operation (which undoes
+    that operation's effects: nothing moves). The subclasses fix the status and error type.
     """
 
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+    status: int = 400
+    error_type: str = "invalid_request"
+
+    def __init__(
+        self, code: str, message: str, param: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
 
-class Declined(Refused):
-    """A payment was declined (``insufficient_funds``, ``spend_cap_exceeded``...); nothing moved."""
+class InvalidRequest(ApiError):
+    """400: the request is malformed (types, shape, bounds)."""
 
 
-class NotFound(Refused):
-    """The object a request names does not exist (or is not the caller's)."""
+class AuthenticationFailed(ApiError):
+    """401: no API key, an unknown one, or a revoked one."""
+
+    status = 401
+    error_type = "authentication"
 
 
-class Conflict(Refused):
-    """The id exists with different fields, or the action was already done."""
+class PermissionDenied(ApiError):
+    """403: the key's role may never call this endpoint."""
+
+    status = 403
+    error_type = "permission"
+
+
+class NotFound(ApiError):
+    """404: no such object, or one the caller may not see."""
+
+    status = 404
+    error_type = "not_found"
+
+
+class Conflict(ApiError):
+    """409: the id exists with different fields, or the action was already done."""
+
+    status = 409
+    error_type = "conflict"
+
+
+class BodyTooLarge(ApiError):
+    """413: the request body is over the configured size limit."""
+
+    status = 413
+
+
+class Refused(ApiError):
+    """422: a well-formed request the ledger (or a model) refused, with a result code."""
+
+    status = 422
+
+
+class PaymentDeclined(Refused):
+    """422: a charge was declined."""
+
+    error_type = "payment_declined"
+
+
+class RateLimited(ApiError):
+    """429: the key's request budget is spent; retry after ``Retry-After`` seconds."""
+
+    status = 429
+    error_type = "rate_limited"
+
+
+class ServiceUnavailable(ApiError):
+    """503: the engine is overloaded or stopped; retry later."""
+
+    status = 503
+    error_type = "internal"

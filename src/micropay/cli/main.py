@@ -2,18 +2,107 @@
 
 from __future__ import annotations
 
+import enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from micropay.bench.ledger import bench_ledger
 from micropay.bench.report import Reporter
+from micropay.engine import Engine
+from micropay.errors import ApiError, StoreError, StoreLockedError
+from micropay.store import DEFAULT_DB_URL, open_store
 
 app = typer.Typer(help="Micropay: micropayments on one double-entry ledger.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (figures, never pass/fail).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line and figure.")]
+DbOption = Annotated[
+    str,
+    typer.Option("--db", envvar="MICROPAY_DB", help="Database URL (else $MICROPAY_DB).", show_default=True),
+]
+
+
+class RoleChoice(enum.StrEnum):
+    admin = "admin"
+    merchant = "merchant"
+    payer = "payer"
+    publisher = "publisher"
+
+
+def _open_engine(db: str, *, purpose: str) -> Engine:
+    """Open the store and start an engine on it, or exit with a clear message."""
+    try:
+        store = open_store(db)
+    except StoreLockedError:
+        typer.echo(
+            f"error: the database {db} is locked by a running Micropay server (or another engine).\n"
+            f"Stop that server first, or {purpose}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    except StoreError as error:
+        typer.echo(f"error: cannot open the database {db}: {error}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        return Engine(store)
+    except BaseException:
+        store.close()
+        raise
+
+
+@app.command("serve")
+def serve_command(
+    db: DbOption = DEFAULT_DB_URL,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8080,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding an admin key; created (mode 0600) with a new key if missing."),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the HTTP API (uvicorn with uvloop and httptools) on one database."""
+    from micropay.cli.serve import run_server
+
+    engine = _open_engine(db, purpose="point --db at another database.")
+    try:
+        run_server(engine, host=host, port=port, admin_key_file=admin_key_file, access_log=access_log)
+    finally:
+        engine.close()
+
+
+@keys_app.command("create")
+def keys_create_command(
+    role: Annotated[RoleChoice, typer.Option(help="What the key may do.", case_sensitive=False)],
+    subject: Annotated[
+        str | None, typer.Option(help="The merchant, payer or publisher id the key acts as (not for admin).")
+    ] = None,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Create an API key and print it once (the last line is the key alone).
+
+    Opens the database itself, so it runs while no server holds it; with a server running,
+    create keys through POST /v1/api_keys instead.
+    """
+    from micropay.api.keys import issue_key
+
+    engine = _open_engine(db, purpose="create the key through the running server: POST /v1/api_keys (admin key).")
+    try:
+        record, key = issue_key(engine, role.value, subject)
+    except ApiError as error:
+        message = f"--subject is required for a {role.value} key." if error.param == "subject_id" else error.message
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.close()
+    who = f" for {record.subject_id}" if record.subject_id else ""
+    typer.echo(f"Created {record.role} API key {record.id}{who}. It is shown only now; keep it secret:")
+    typer.echo(key)
 
 
 @bench_app.command("ledger")

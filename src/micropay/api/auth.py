@@ -1,0 +1,129 @@
+"""Who is calling: API key authentication, roles, and the reusable role/ownership checks.
+
+A missing, unknown or revoked key is 401; a role calling what it may never call is 403;
+another subject's object is 404 (``check_owner``), so ids do not leak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from micropay.api.keys import API_KEY_KIND, ApiKeyRecord, key_id_of
+from micropay.api.routing import reject_unknown_query
+from micropay.api.services import get_services
+from micropay.api.settings import Role
+from micropay.engine import Engine
+from micropay.errors import ApiError, AuthenticationFailed, PermissionDenied
+
+KEY_CACHE_ENTRIES_MAX = 10_000
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer <key>`. `micropay keys create --role admin` makes the first.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: its key, its role and the subject it acts as (None for admin)."""
+
+    key_id: str
+    role: Role
+    subject_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Authenticator:
+    """Checks presented keys against stored records, trusting a verified record for
+    ``ttl_s`` (revocations made through this process apply at once)."""
+
+    def __init__(self, engine: Engine, *, ttl_s: float, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._clock_s = clock_s
+        self._cache: dict[str, tuple[ApiKeyRecord, float]] = {}
+
+    async def authenticate(self, key: str | None) -> Principal:
+        if not key:
+            raise AuthenticationFailed(
+                "api_key_missing", "An API key is required: send the header Authorization: Bearer <key>."
+            )
+        key_id = key_id_of(key)
+        if key_id is None:
+            raise _invalid_key()
+        record = await self._record(key_id)
+        if record is None or not record.matches(key):
+            raise _invalid_key()
+        if record.revoked:
+            raise AuthenticationFailed("api_key_revoked", "This API key has been revoked.")
+        return Principal(record.id, record.role, record.subject_id)
+
+    async def _record(self, key_id: str) -> ApiKeyRecord | None:
+        now_s = self._clock_s()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[1] > now_s:
+            return cached[0]
+        body = await run_in_threadpool(self._engine.store.read_document, API_KEY_KIND, key_id)
+        if body is None:
+            self._cache.pop(key_id, None)
+            return None
+        record = ApiKeyRecord.from_json(body)
+        if len(self._cache) >= KEY_CACHE_ENTRIES_MAX:
+            self._cache.clear()
+        self._cache[key_id] = (record, now_s + self._ttl_s)
+        return record
+
+    def remember(self, record: ApiKeyRecord) -> None:
+        """Use ``record`` as this key's newest state (after a revoke through this process)."""
+        self._cache[record.id] = (record, self._clock_s() + self._ttl_s)
+
+
+def _invalid_key() -> ApiError:
+    return AuthenticationFailed("api_key_invalid", "The API key is not valid.")
+
+
+PrincipalDependency = Callable[..., Coroutine[Any, Any, Principal]]
+
+
+def require_roles(*roles: Role) -> PrincipalDependency:
+    """A dependency: authenticate (401), spend a rate-limit token (429), allow only ``roles``
+    (403), then refuse unknown query parameters (400): in that order, so nothing about a
+    route's parameters answers before the caller is known."""
+    allowed = frozenset(roles)
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    ) -> Principal:
+        services = get_services(request)
+        principal = await services.authenticator.authenticate(None if credentials is None else credentials.credentials)
+        services.rate_limiter.check(principal.key_id, services.settings.rate_limit(principal.role))
+        if principal.role not in allowed:
+            raise PermissionDenied("role_not_allowed", f"A {principal.role} API key may not call this endpoint.")
+        reject_unknown_query(request)
+        return principal
+
+    return dependency
+
+
+def check_owner(principal: Principal, owner_subject_id: str | None, not_found: ApiError) -> None:
+    """Let admin and the owning subject through; anyone else gets ``not_found`` (ids do not leak)."""
+    if principal.is_admin:
+        return
+    if owner_subject_id is None or principal.subject_id != owner_subject_id:
+        raise not_found
+
+
+Admin = Annotated[Principal, Depends(require_roles("admin"))]
+"""A route parameter that admits only admin keys."""

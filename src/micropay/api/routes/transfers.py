@@ -1,0 +1,123 @@
+"""Transfers (admin): create one, create a batch, read one, list an account's."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from micropay.api.auth import Admin
+from micropay.api.history import account_history
+from micropay.api.idempotency import new_id, replayed
+from micropay.api.pagination import Page
+from micropay.api.routes.docs import create_responses, read_responses, write_responses
+from micropay.api.routing import OrjsonRoute
+from micropay.api.schemas import (
+    LEDGER_ID_PATTERN,
+    BatchOut,
+    TransferBatchIn,
+    TransferIn,
+    TransferList,
+    TransferOut,
+    metadata_pairs,
+)
+from micropay.api.serialise import JsonResponse, created, render_transfer
+from micropay.api.services import get_engine
+from micropay.errors import InvalidRequest, InvariantViolation, NotFound
+from micropay.ledger import TRANSFER_FLAG_NAMES, TransferFlags, TransferRequest, outcome_codes
+from micropay.ledger.limits import LEDGER_ID_LENGTH_MAX
+
+router = APIRouter(prefix="/v1/transfers", tags=["transfers"], route_class=OrjsonRoute)
+
+TransferIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=LEDGER_ID_LENGTH_MAX, pattern=LEDGER_ID_PATTERN, description="The transfer id."),
+]
+
+_FLAG_BITS = {name: int(bit) for name, bit in TRANSFER_FLAG_NAMES.items()}
+_RESOLVING = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+
+
+def to_request(item: TransferIn, index: int | None = None) -> TransferRequest:
+    """A ledger request from the wire shape (``index``: its place in a batch, for errors).
+
+    Accounts, amount and ledger are required, except on ``post_pending`` / ``void_pending``,
+    which take them from the pending transfer.
+    """
+    flags = 0
+    for name in item.get("flags") or ():
+        flags |= _FLAG_BITS[name]
+    debit_id = item.get("debit_account_id")
+    credit_id = item.get("credit_account_id")
+    amount = item.get("amount")
+    ledger = item.get("ledger")
+    if not flags & _RESOLVING and (debit_id is None or credit_id is None or amount is None or ledger is None):
+        present = {"debit_account_id": debit_id, "credit_account_id": credit_id, "amount": amount, "ledger": ledger}
+        missing = next(field for field, value in present.items() if value is None)
+        param = missing if index is None else f"transfers[{index}].{missing}"
+        raise InvalidRequest("parameter_missing", f"{param} is required.", param)
+    metadata = item.get("metadata")
+    return TransferRequest(
+        item.get("id") or new_id("tr"),
+        debit_id or "",
+        credit_id or "",
+        amount,
+        ledger or "",
+        item.get("code", 0),
+        flags,
+        item.get("pending_id") or "",
+        item.get("timeout_s", 0),
+        metadata_pairs(metadata) if metadata else (),
+    )
+
+
+@router.post("", status_code=201, response_model=TransferOut, responses=create_responses(TransferOut))
+async def create_transfer(body: TransferIn, request: Request, _caller: Admin) -> Response:
+    """Move money (or reserve, post or void a pending amount). A refusal's ``error.code`` is the result code."""
+    transfer_request = to_request(body)
+    [(result, transfer)] = await get_engine(request).create_transfers_async([transfer_request])
+    is_replay = replayed(result)
+    if transfer is None:
+        raise InvariantViolation(f"transfer {transfer_request.id}: {result} without the transfer")
+    return created(render_transfer(transfer), replayed=is_replay)
+
+
+@router.post("/batch", response_model=BatchOut, responses=write_responses())
+async def create_transfer_batch(body: TransferBatchIn, request: Request, _caller: Admin) -> Response:
+    """Up to 8190 transfers in order, independent unless chained by ``linked``; one result each."""
+    requests = [to_request(item, index) for index, item in enumerate(body.transfers)]
+    outcomes = await get_engine(request).create_transfers_async(requests)
+    codes = outcome_codes(outcomes)
+    results = [
+        {"index": index, "id": transfer_request.id, "result": code.value}
+        for index, (transfer_request, code) in enumerate(zip(requests, codes, strict=True))
+    ]
+    return JsonResponse({"results": results})
+
+
+@router.get("", response_model=TransferList, responses=read_responses())
+def list_transfers(
+    account_id: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=LEDGER_ID_LENGTH_MAX,
+            pattern=LEDGER_ID_PATTERN,
+            description="The account whose transfers to list (newest first).",
+        ),
+    ],
+    request: Request,
+    _caller: Admin,
+    page_params: Page,
+) -> Response:
+    """An account's transfers, newest first; ``starting_after`` is a transfer id."""
+    return JsonResponse(account_history(get_engine(request), account_id, page_params, param="account_id"))
+
+
+@router.get("/{transfer_id}", response_model=TransferOut, responses=read_responses())
+def get_transfer(transfer_id: TransferIdPath, request: Request, _caller: Admin) -> Response:
+    transfer = get_engine(request).transfer(transfer_id)
+    if transfer is None:
+        raise NotFound("transfer_not_found", f"No transfer {transfer_id}.", "transfer_id")
+    return JsonResponse(render_transfer(transfer))

@@ -1,0 +1,35 @@
+"""What the routes share: the engine, the settings, the key checker and the rate limiter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
+
+from micropay.api.ratelimit import RateLimiter
+from micropay.api.settings import Settings
+from micropay.engine import Engine
+
+if TYPE_CHECKING:
+    from micropay.api.auth import Authenticator
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    engine: Engine
+    settings: Settings
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
+    routes: tuple[APIRoute, ...] = ()
+    """The API's routes (FastAPI nests included routers; this is them flat)."""
+
+
+def get_services(connection: HTTPConnection) -> Services:
+    """The app's services (set by ``create_app``)."""
+    return cast(Services, connection.app.state.services)
+
+
+def get_engine(connection: HTTPConnection) -> Engine:
+    return get_services(connection).engine
