@@ -15,6 +15,7 @@ from typing import TypeVar
 from micropay.engine import BatchContext
 from micropay.errors import Conflict, InvariantViolation, NotFound, PaymentDeclined, Refused, require
 from micropay.ledger import Account, AccountRequest, Result, TransferFlags, TransferRequest
+from micropay.ledger.limits import AMOUNT_MAX
 from micropay.models import chart
 from micropay.models.records import (
     CapUsage,
@@ -37,6 +38,8 @@ from micropay.models.records import (
     encode,
 )
 from micropay.models.rules import (
+    CAP_PERIODS,
+    MODES,
     Sources,
     allocate,
     consume_grants,
@@ -53,6 +56,7 @@ R = TypeVar("R")
 Outcome = tuple[R, bool]
 """An operation's answer: the record, and whether it was a replay of an earlier request."""
 
+PAYER_STATUSES = ("active", "suspended")
 SPEND_CAPS_MAX = 4
 HOLD_DAYS_MAX = 365
 DESCRIPTION_LENGTH_MAX = 500
@@ -131,9 +135,24 @@ def _open_accounts(ctx: BatchContext, requests: list[AccountRequest]) -> None:
             raise InvariantViolation(f"opening model accounts failed: {code}")
 
 
+def check_amount(amount: int, param: str = "amount") -> None:
+    """An amount a request names: a positive integer no larger than one transfer may move."""
+    if amount <= 0:
+        raise Refused("amount_must_be_positive", "the amount must be a positive integer", param)
+    if amount > AMOUNT_MAX:
+        raise Refused("amount_exceeds_maximum", f"the amount may be at most {AMOUNT_MAX}", param)
+
+
 def _check_caps(caps: tuple[SpendCap, ...]) -> None:
     if len(caps) > SPEND_CAPS_MAX or len({cap.period for cap in caps}) != len(caps):
         raise Refused("invalid_spend_caps", f"at most one cap per period, {SPEND_CAPS_MAX} at most", "spend_caps")
+    for cap in caps:
+        if cap.period not in CAP_PERIODS or cap.amount < 0:
+            raise Refused(
+                "invalid_spend_caps",
+                f"a cap's period is one of {', '.join(CAP_PERIODS)}, its amount >= 0",
+                "spend_caps",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +177,8 @@ def create_payer(request: PayerRequest, rails: Rails) -> Callable[[BatchContext]
             if not same:
                 raise Conflict("exists_with_different_fields", f"payer {request.id} exists with other fields", "id")
             return existing, True
+        if request.mode not in MODES:
+            raise Refused("invalid_mode", f"mode is one of {', '.join(MODES)}", "mode")
         _check_caps(request.spend_caps)
         if request.mode == "prepay" and request.credit_limit:
             raise Refused(
@@ -208,7 +229,10 @@ def update_payer(
         if spend_caps is not None:
             _check_caps(spend_caps)
             payer = replace(payer, spend_caps=spend_caps)
-        if status is not None and status != payer.status:
+        if status is not None and status not in PAYER_STATUSES:
+            raise Refused("invalid_status", f"status is one of {', '.join(PAYER_STATUSES)}", "status")
+        if status is not None and (status != payer.status or status == "suspended"):
+            # An admin's suspension replaces one for non-payment: paying will not lift it.
             payer = replace(payer, status=status, suspended_reason="admin" if status == "suspended" else "")
         ctx.put_document(PAYER, payer.id, encode(payer))
         return payer
@@ -249,6 +273,8 @@ def create_merchant(request: MerchantRequest, rails: Rails) -> Callable[[BatchCo
             return existing, True
         if not 0 <= request.fee_percent_bps <= 10_000:
             raise Refused("invalid_fee", "fee.percent_bps is 0 to 10000", "fee.percent_bps")
+        if request.fee_fixed < 0:
+            raise Refused("invalid_fee", "fee.fixed may not be negative", "fee.fixed")
         if not 0 <= request.payout_hold_days <= HOLD_DAYS_MAX:
             raise Refused("invalid_hold_days", f"payout.hold_days is 0 to {HOLD_DAYS_MAX}", "payout.hold_days")
         ensure_platform_accounts(ctx, request.ledger, rails)
@@ -280,6 +306,7 @@ def topup(request: TopupRequest, rails: Rails) -> Callable[[BatchContext], Outco
             if (existing.payer_id, existing.amount, existing.rail) != (request.payer_id, request.amount, request.rail):
                 raise Conflict("exists_with_different_fields", f"top-up {request.id} exists with other fields", "id")
             return existing, True
+        check_amount(request.amount)
         payer = get_payer(ctx, request.payer_id)
         if payer.status != "active":
             raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
@@ -324,6 +351,14 @@ def book_cash_in(ctx: BatchContext, record: Topup, target_account: str, transfer
                 f"{transfer_prefix}:settle", chart.bank_account(ledger), clearing, record.amount - record.fee, ledger
             )
         )
+    elif record.fee > record.amount:
+        # The fee is more than was collected: the bank pays the difference, so the clearing
+        # account still returns to zero.
+        legs.append(
+            TransferRequest(
+                f"{transfer_prefix}:settle", clearing, chart.bank_account(ledger), record.fee - record.amount, ledger
+            )
+        )
     move(ctx, legs, "insufficient_funds")
 
 
@@ -331,11 +366,17 @@ def move(ctx: BatchContext, legs: list[TransferRequest], decline_code: str) -> N
     """Apply ``legs`` as one linked chain; any failure undoes the whole operation."""
     chain = [leg._replace(flags=leg.flags | _LINKED) for leg in legs[:-1]] + legs[-1:]
     outcomes = ctx.create_transfers(chain)
-    for code, _ in outcomes:
-        if code is Result.EXCEEDS_CREDITS:
-            raise PaymentDeclined(decline_code, "not enough funds for this payment")
-        if code is not Result.OK:
-            raise InvariantViolation(f"a model transfer failed with {code}")
+    codes = [code for code, _ in outcomes if code is not Result.OK]
+    # When one leg fails, the others of the chain answer ``linked_event_failed``: name the leg's own code.
+    failed = [code for code in codes if code is not Result.LINKED_EVENT_FAILED] or codes
+    if not failed:
+        return
+    code = failed[0]
+    if code is Result.EXCEEDS_CREDITS:
+        raise PaymentDeclined(decline_code, "not enough funds for this payment")
+    if code in (Result.OVERFLOWS_DEBITS, Result.OVERFLOWS_CREDITS):
+        raise Refused(code.value, "an account's totals would overflow", "amount")
+    raise InvariantViolation(f"a model transfer failed with {code}")
 
 
 def settle_topups(topup_ids: list[str], rails: Rails) -> Callable[[BatchContext], list[Topup]]:
@@ -387,6 +428,7 @@ def charge(request: ChargeRequest) -> Callable[[BatchContext], Outcome[Charge]]:
 
 def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
     """Charge a payer for a merchant inside the caller's operation (used by passes and pools too)."""
+    check_amount(request.amount)
     payer = get_payer(ctx, request.payer_id)
     merchant = get_merchant(ctx, request.merchant_id)
     if merchant.ledger != payer.ledger:
@@ -504,6 +546,8 @@ def refund(request: RefundRequest) -> Callable[[BatchContext], Outcome[Refund]]:
             if not same:
                 raise Conflict("exists_with_different_fields", f"refund {request.id} exists with other fields", "id")
             return existing, True
+        if request.amount is not None:
+            check_amount(request.amount)
         charge_record = get_charge(ctx, request.charge_id)
         left = charge_record.amount - charge_record.amount_refunded
         amount = left if request.amount is None else request.amount

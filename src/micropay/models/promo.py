@@ -15,6 +15,7 @@ from micropay.models import chart
 from micropay.models.payments import (
     PAYER_PROMO,
     Outcome,
+    check_amount,
     ensure_platform_accounts,
     get_payer,
     move,
@@ -69,6 +70,7 @@ def create_voucher(
             if (existing.ledger, existing.amount, existing.expires_at_ns) != (ledger, amount, expires_at_ns):
                 raise Conflict("exists_with_different_fields", "this code exists with other fields", "code")
             return existing, True
+        check_amount(amount)
         ensure_platform_accounts(ctx, ledger, rails)
         voucher = Voucher(voucher_id(digest), digest, ledger, amount, expires_at_ns, ctx.now_ns)
         ctx.put_document(VOUCHER, digest, encode(voucher))

@@ -40,11 +40,12 @@ class Statement:
     failure_code: str = ""
     paid_at_ns: int = 0
     simulate_failure: bool = False
+    settles_at_ns: int = 0  # when a ``processing`` collection's rail answers
 
 
 def decode_statement(body: bytes) -> Statement:
     data = orjson.loads(body)
-    return Statement(**{name: data[name] for name in Statement.__dataclass_fields__})
+    return Statement(**{name: data[name] for name in Statement.__dataclass_fields__ if name in data})
 
 
 def statement_id(payer_id: str, period_end_ns: int) -> str:
@@ -123,7 +124,7 @@ def settle_statement(
             statement, attempts=statement.attempts + 1, rail=rail.name, simulate_failure=simulate_failure
         )
         if outcome.status == "pending":
-            statement = replace(statement, status="processing")
+            statement = replace(statement, status="processing", settles_at_ns=outcome.settles_at_ns)
             ctx.put_document(STATEMENT, statement.id, encode(statement))
             return statement
         return _conclude(ctx, statement, outcome.status == "succeeded", outcome.fee, outcome.failure_code)
@@ -132,13 +133,13 @@ def settle_statement(
 
 
 def settle_processing(statement_ids: list[str], rails: Rails) -> Callable[[BatchContext], list[Statement]]:
-    """Conclude ``processing`` statements whose rail has answered."""
+    """Conclude ``processing`` statements whose rail has answered (``settles_at_ns`` passed)."""
 
     def run(ctx: BatchContext) -> list[Statement]:
         done = []
         for statement_id_ in statement_ids:
             statement = get_statement(ctx, statement_id_)
-            if statement.status != "processing":
+            if statement.status != "processing" or statement.settles_at_ns > ctx.now_ns:
                 continue
             outcome = rails.get(statement.rail).settle(
                 statement.amount_due, scale_of(ctx, statement.ledger), statement.simulate_failure
