@@ -126,10 +126,10 @@ def ensure_platform_accounts(ctx: BatchContext, ledger: str, rails: Rails) -> No
     requests = [
         AccountRequest(account_id, ledger, flags) for account_id, flags in chart.system_accounts(ledger, rails.names)
     ]
-    _open_accounts(ctx, requests)
+    open_accounts(ctx, requests)
 
 
-def _open_accounts(ctx: BatchContext, requests: list[AccountRequest]) -> None:
+def open_accounts(ctx: BatchContext, requests: list[AccountRequest]) -> None:
     for code, _ in ctx.create_accounts(requests):
         if code not in (Result.OK, Result.EXISTS):
             raise InvariantViolation(f"opening model accounts failed: {code}")
@@ -186,7 +186,7 @@ def create_payer(request: PayerRequest, rails: Rails) -> Callable[[BatchContext]
             )
         ensure_platform_accounts(ctx, request.ledger, rails)
         ledger = request.ledger
-        _open_accounts(
+        open_accounts(
             ctx,
             [
                 AccountRequest(chart.wallet_account(request.id, ledger), ledger, chart.WALLET_FLAGS),
@@ -278,7 +278,7 @@ def create_merchant(request: MerchantRequest, rails: Rails) -> Callable[[BatchCo
         if not 0 <= request.payout_hold_days <= HOLD_DAYS_MAX:
             raise Refused("invalid_hold_days", f"payout.hold_days is 0 to {HOLD_DAYS_MAX}", "payout.hold_days")
         ensure_platform_accounts(ctx, request.ledger, rails)
-        _open_accounts(ctx, [AccountRequest(chart.merchant_account(request.id), request.ledger)])
+        open_accounts(ctx, [AccountRequest(chart.merchant_account(request.id), request.ledger)])
         merchant = Merchant(request.id, *asked, created_at_ns=ctx.now_ns)
         ctx.put_document(MERCHANT, merchant.id, encode(merchant))
         return merchant, False
@@ -426,19 +426,34 @@ def charge(request: ChargeRequest) -> Callable[[BatchContext], Outcome[Charge]]:
     return run
 
 
-def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
-    """Charge a payer for a merchant inside the caller's operation (used by passes and pools too)."""
-    check_amount(request.amount)
-    payer = get_payer(ctx, request.payer_id)
-    merchant = get_merchant(ctx, request.merchant_id)
-    if merchant.ledger != payer.ledger:
-        raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """What ``collect`` took from a payer: the parts by source and the promo grants spent."""
+
+    sources: Sources
+    promo_taken: tuple[tuple[str, int], ...]
+
+
+def collect(
+    ctx: BatchContext,
+    payer: Payer,
+    amount: int,
+    destination: str,
+    transfer_prefix: str,
+    extra_legs: tuple[TransferRequest, ...] = (),
+) -> Collected:
+    """Take ``amount`` from a payer into ``destination`` by the payer's mode (promo, wallet, tab),
+    enforcing status and spending caps, as one linked chain with ``extra_legs`` appended.
+
+    Declines (``PaymentDeclined``) are raised before anything moves or is written.
+    """
+    check_amount(amount)
     if payer.status != "active":
         raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
     now_ns = ctx.now_ns
     usage = _read(ctx, CAP_USAGE, payer.id, decode_cap_usage) or CapUsage(payer.id)
     for cap in payer.spend_caps:
-        if usage.amount(period_key(cap.period, now_ns)) + request.amount > cap.amount:
+        if usage.amount(period_key(cap.period, now_ns)) + amount > cap.amount:
             raise PaymentDeclined("spend_cap_exceeded", f"the payer's {cap.period} spending cap would be crossed")
     ledger = payer.ledger
     promo = payer_promo(ctx, payer.id, ledger)
@@ -447,36 +462,48 @@ def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
     tab = _account(ctx, chart.tab_account(payer.id, ledger))
     sources = allocate(
         payer.mode,
-        request.amount,
+        amount,
         min(promo_available, _account(ctx, chart.promo_account(payer.id, ledger)).available),
         max(wallet.available, 0),
         max(tab.available, 0),
     )
     if isinstance(sources, str):
         raise PaymentDeclined(sources, "the payer cannot pay this amount")
-    fee = platform_fee(request.amount, merchant.fee_percent_bps, merchant.fee_fixed)
-    merchant_account = chart.merchant_account(merchant.id)
-    prefix = f"charge:{request.id}"
     legs = []
-    for leg, amount, account_id in (
+    for leg, part, account_id in (
         ("promo", sources.promo, chart.promo_account(payer.id, ledger)),
         ("wallet", sources.wallet, chart.wallet_account(payer.id, ledger)),
         ("tab", sources.tab, chart.tab_account(payer.id, ledger)),
     ):
-        if amount:
-            legs.append(TransferRequest(f"{prefix}:{leg}", account_id, merchant_account, amount, ledger))
-    if fee:
-        legs.append(TransferRequest(f"{prefix}:fee", merchant_account, chart.fees_account(ledger), fee, ledger))
-    move(ctx, legs, "insufficient_funds")
-
+        if part:
+            legs.append(TransferRequest(f"{transfer_prefix}:{leg}", account_id, destination, part, ledger))
+    move(ctx, [*legs, *extra_legs], "insufficient_funds")
     promo_taken: tuple[tuple[str, int], ...] = ()
     if sources.promo:
         grants, promo_taken = consume_grants(promo.grants, sources.promo, now_ns)
         ctx.put_document(PAYER_PROMO, f"{payer.id}:{ledger}", encode(replace(promo, grants=grants)))
     if payer.spend_caps:
-        _add_usage(ctx, usage, payer.spend_caps, request.amount, now_ns)
-    _add_earnings(ctx, merchant, request.amount - fee, now_ns)
+        _add_usage(ctx, usage, payer.spend_caps, amount, now_ns)
     accrue(ctx, payer.id, sources.tab)
+    return Collected(sources, promo_taken)
+
+
+def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
+    """Charge a payer for a merchant inside the caller's operation (used by passes and metering)."""
+    check_amount(request.amount)
+    payer = get_payer(ctx, request.payer_id)
+    merchant = get_merchant(ctx, request.merchant_id)
+    if merchant.ledger != payer.ledger:
+        raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
+    ledger = payer.ledger
+    fee = platform_fee(request.amount, merchant.fee_percent_bps, merchant.fee_fixed)
+    merchant_account = chart.merchant_account(merchant.id)
+    prefix = f"charge:{request.id}"
+    fee_legs: tuple[TransferRequest, ...] = ()
+    if fee:
+        fee_legs = (TransferRequest(f"{prefix}:fee", merchant_account, chart.fees_account(ledger), fee, ledger),)
+    collected = collect(ctx, payer, request.amount, merchant_account, prefix, fee_legs)
+    _add_earnings(ctx, merchant, request.amount - fee, ctx.now_ns)
     record = Charge(
         id=request.id,
         payer_id=payer.id,
@@ -485,12 +512,12 @@ def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
         amount=request.amount,
         platform_fee=fee,
         merchant_amount=request.amount - fee,
-        sources=sources,
-        promo_taken=promo_taken,
+        sources=collected.sources,
+        promo_taken=collected.promo_taken,
         refunded=Sources(0, 0, 0),
         description=request.description,
         status="succeeded",
-        created_at_ns=now_ns,
+        created_at_ns=ctx.now_ns,
         kind=request.kind,
     )
     ctx.put_document(CHARGE, record.id, encode(record))
