@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from micropay.api.ratelimit import RateLimiter
 from micropay.api.settings import Settings
 from micropay.engine import Engine
+from micropay.settlement.rails import Rails
 
 if TYPE_CHECKING:
     from micropay.api.auth import Authenticator
@@ -24,6 +25,8 @@ class Services:
     rate_limiter: RateLimiter
     routes: tuple[APIRoute, ...] = ()
     """The API's routes (FastAPI nests included routers; this is them flat)."""
+    rails: Rails = Rails()
+    """The outside networks money enters and leaves through (simulated card and bank by default)."""
 
 
 def get_services(connection: HTTPConnection) -> Services:
