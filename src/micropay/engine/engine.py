@@ -321,6 +321,10 @@ class Engine:
     def store(self) -> Store:
         return self._store
 
+    def now_ns(self) -> int:
+        """The engine clock's reading now (what time-dependent reads compare against)."""
+        return self._clock_ns()
+
     # ----------------------------------------------------------------- the batch loop
     def _take_batch(self) -> list[_Op] | None:
         with self._cond:
@@ -333,7 +337,8 @@ class Engine:
             deadline = 0.0
             while True:
                 queue = self._queue
-                while queue and size + queue[0].size <= self._batch_size_max:
+                # An operation larger than batch_size_max runs alone rather than never.
+                while queue and (not ops or size + queue[0].size <= self._batch_size_max):
                     op = queue.popleft()
                     ops.append(op)
                     size += op.size

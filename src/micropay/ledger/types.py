@@ -177,11 +177,13 @@ class Transfer(NamedTuple):
     metadata: Metadata
 
 
-def same_request(request: TransferRequest, stored: Transfer) -> bool:
+def same_request(request: TransferRequest, stored: Transfer, pending_amount: int | None = None) -> bool:
     """Whether replaying ``request`` asks for exactly what ``stored`` did.
 
-    Empty accounts/ledger and a None amount on post/void mean "as the pending transfer";
-    a balancing transfer's amount is a ceiling, so any ceiling at or above what moved matches.
+    Empty accounts/ledger and a None amount on post/void mean "as the pending transfer" (a
+    None amount on a post means all of it: ``pending_amount``, the pending transfer's amount,
+    when the caller knows it); a balancing transfer's amount is a ceiling, so any ceiling at or
+    above what moved matches.
     """
     flags = request.flags
     if flags != stored.flags or request.code != stored.code or request.pending_id != stored.pending_id:
@@ -197,6 +199,8 @@ def same_request(request: TransferRequest, stored: Transfer) -> bool:
         if asked != had and not (resolved and asked == ""):
             return False
     if request.amount is None:
+        if flags & TransferFlags.POST_PENDING and pending_amount is not None:
+            return stored.amount == pending_amount
         return bool(resolved)
     if flags & (TransferFlags.BALANCING_DEBIT | TransferFlags.BALANCING_CREDIT):
         return request.amount >= stored.amount

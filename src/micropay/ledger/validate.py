@@ -96,6 +96,7 @@ _INT: set[type[Any]] = {int}
 _STR: set[type[Any]] = {str}
 _INT_OR_NONE: set[type[Any]] = {int, type(None)}
 _FLAGS: set[type[Any]] = {int, TransferFlags}
+_REQUEST: set[type[Any]] = {TransferRequest}
 
 
 def _column_ok(values: tuple[Any, ...], allowed: set[type[Any]]) -> bool:
@@ -112,9 +113,13 @@ def transfer_columns(requests: Sequence[TransferRequest]) -> RequestColumns:
     try:
         columns: RequestColumns = tuple(zip(*requests, strict=True))
         ids, debit_ids, credit_ids, amounts, ledgers, codes, flags, pending_ids, timeouts, metadata = columns
-        # str.join raises TypeError on a non-str; one regex pass checks every id's alphabet and length.
+        # str.join raises TypeError on a non-str; one regex pass checks every id's alphabet and
+        # length, once the comma count shows that no id holds a comma of its own.
+        joined_ids = ",".join(ids)
         valid = (
-            _ID_LIST_PATTERN.fullmatch(",".join(ids)) is not None
+            set(map(type, requests)) <= _REQUEST
+            and joined_ids.count(",") == count - 1
+            and _ID_LIST_PATTERN.fullmatch(joined_ids) is not None
             and len("".join(debit_ids)) >= 0
             and len("".join(credit_ids)) >= 0
             and len("".join(pending_ids)) >= 0
