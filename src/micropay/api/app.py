@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from micropay import __version__
 from micropay.api.auth import Authenticator
+from micropay.api.background import install_settler
 from micropay.api.body_limit import BodyLimitMiddleware
+from micropay.api.coalesce import TransferCoalescer
 from micropay.api.errors import install_error_handlers
+from micropay.api.lean import LeanDispatch, lean_endpoints, lean_path
 from micropay.api.ratelimit import RateLimiter
 from micropay.api.routes import ROUTERS, api_routes
 from micropay.api.serialise import JsonResponse
@@ -25,10 +30,57 @@ and answer `{data, has_more}`. Every create takes an optional `id`, its idempote
 """
 
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+_FRONT_DOOR_MIDDLEWARE = (BodyLimitMiddleware, LeanDispatch)
+"""The middleware the front door knows how to stand in for (see ``MicropayApi``)."""
+_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 class MicropayApi(FastAPI):
-    """FastAPI whose OpenAPI document shows our 400 error shape instead of FastAPI's 422 one."""
+    """FastAPI whose OpenAPI document shows our 400 error shape instead of FastAPI's 422 one,
+    and whose lean routes (``micropay.api.lean``) are served from the front door.
+
+    The front door sends a request for a lean route through our own middleware (the body
+    limit) straight to the route, past FastAPI's outer layers and the router. It opens only
+    while those layers would add nothing: no middleware but ours, telemetry off, no root path.
+    Otherwise lean routes are reached through the whole stack (``LeanDispatch``, innermost).
+    """
+
+    front_door_enabled: bool = True
+    _front_door: dict[str, ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front_door = self._front_door
+        if front_door is not None:
+            path = lean_path(scope)
+            endpoint = None if path is None else front_door.get(path)
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        self._front_door = self._build_front_door()
+        return stack
+
+    def _build_front_door(self) -> dict[str, ASGIApp] | None:
+        if not self.front_door_enabled or self.root_path:
+            return None
+        middleware: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+            (m.cls, m.args, m.kwargs) for m in self.user_middleware
+        ]
+        dispatch = [kwargs for cls, _, kwargs in middleware if cls is LeanDispatch]
+        if len(dispatch) != 1 or any(cls not in _FRONT_DOOR_MIDDLEWARE for cls, _, _ in middleware):
+            return None
+        endpoints: dict[str, ASGIApp] = {}
+        for path, endpoint in lean_endpoints(**dispatch[0]).items():
+            wrapped: ASGIApp = endpoint
+            for cls, args, kwargs in reversed(middleware):
+                if cls is not LeanDispatch:
+                    wrapped = cls(wrapped, *args, **kwargs)
+            endpoints[path] = wrapped
+        return endpoints
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
@@ -49,9 +101,14 @@ class MicropayApi(FastAPI):
 
 
 def create_app(engine: Engine, *, settings: Settings | None = None) -> FastAPI:
-    """The API over ``engine``. The caller owns the engine (and closes it after the server stops)."""
+    """The API over ``engine``. The caller owns the engine (and closes it after the server stops).
+
+    Add routes with ``app.include_router``; middleware added with ``app.add_middleware`` sees
+    every request (lean routes then go through the whole stack, a little slower).
+    """
     settings = settings or Settings()
     app = MicropayApi(
+        telemetry=None if settings.telemetry else _TELEMETRY_OFF,
         title=settings.title,
         version=__version__,
         description=_DESCRIPTION,
@@ -66,9 +123,13 @@ def create_app(engine: Engine, *, settings: Settings | None = None) -> FastAPI:
         authenticator=Authenticator(engine, ttl_s=settings.key_cache_ttl_s),
         rate_limiter=RateLimiter(),
         routes=api_routes(),
+        transfers=TransferCoalescer(engine),
     )
     install_error_handlers(app)
+    install_settler(app, settings.settle_interval_s)
     for router in ROUTERS:
         app.include_router(router)
+    # Innermost first: the lean dispatcher sees requests after the body limit.
+    app.add_middleware(LeanDispatch, routes=app.state.services.routes, exception_handlers=app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, body_bytes_max=settings.body_bytes_max)
     return app

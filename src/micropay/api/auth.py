@@ -6,6 +6,7 @@ another subject's object is 404 (``check_owner``), so ids do not leak.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from micropay.api.keys import API_KEY_KIND, ApiKeyRecord, key_id_of
 from micropay.api.routing import reject_unknown_query
@@ -44,15 +47,26 @@ class Principal:
         return self.role == "admin"
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    record: ApiKeyRecord
+    expires_s: float
+    verified: tuple[str, Principal] | None = None
+    """The key last proven to match ``record`` (unrevoked), and its principal."""
+
+
 class Authenticator:
     """Checks presented keys against stored records, trusting a verified record for
-    ``ttl_s`` (revocations made through this process apply at once)."""
+    ``ttl_s`` (revocations made through this process apply at once).
+
+    Within that time a key already proven to match its record is recognised by comparing it
+    with that key (constant time), without hashing it again."""
 
     def __init__(self, engine: Engine, *, ttl_s: float, clock_s: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
         self._clock_s = clock_s
-        self._cache: dict[str, tuple[ApiKeyRecord, float]] = {}
+        self._cache: dict[str, _CachedKey] = {}
 
     async def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -62,31 +76,48 @@ class Authenticator:
         key_id = key_id_of(key)
         if key_id is None:
             raise _invalid_key()
-        record = await self._record(key_id)
-        if record is None or not record.matches(key):
+        now_s = self._clock_s()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached.expires_s > now_s:
+            verified = cached.verified
+            if verified is not None and _same_key(verified[0], key):
+                return verified[1]
+        else:
+            loaded = await self._load(key_id)
+            if loaded is None:
+                raise _invalid_key()
+            newer = self._cache.get(key_id)  # remembered while the store was read (a revoke)
+            cached = newer if newer is not None and newer.expires_s > now_s else _CachedKey(loaded, now_s + self._ttl_s)
+            self._put(key_id, cached)
+        record = cached.record
+        if not record.matches(key):
             raise _invalid_key()
         if record.revoked:
             raise AuthenticationFailed("api_key_revoked", "This API key has been revoked.")
-        return Principal(record.id, record.role, record.subject_id)
+        principal = Principal(record.id, record.role, record.subject_id)
+        self._put(key_id, _CachedKey(record, cached.expires_s, (key, principal)))
+        return principal
 
-    async def _record(self, key_id: str) -> ApiKeyRecord | None:
-        now_s = self._clock_s()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached[1] > now_s:
-            return cached[0]
+    async def _load(self, key_id: str) -> ApiKeyRecord | None:
         body = await run_in_threadpool(self._engine.store.read_document, API_KEY_KIND, key_id)
         if body is None:
             self._cache.pop(key_id, None)
             return None
-        record = ApiKeyRecord.from_json(body)
-        if len(self._cache) >= KEY_CACHE_ENTRIES_MAX:
+        return ApiKeyRecord.from_json(body)
+
+    def _put(self, key_id: str, entry: _CachedKey) -> None:
+        if key_id not in self._cache and len(self._cache) >= KEY_CACHE_ENTRIES_MAX:
             self._cache.clear()
-        self._cache[key_id] = (record, now_s + self._ttl_s)
-        return record
+        self._cache[key_id] = entry
 
     def remember(self, record: ApiKeyRecord) -> None:
         """Use ``record`` as this key's newest state (after a revoke through this process)."""
-        self._cache[record.id] = (record, self._clock_s() + self._ttl_s)
+        self._put(record.id, _CachedKey(record, self._clock_s() + self._ttl_s))
+
+
+def _same_key(known: str, presented: str) -> bool:
+    """Whether ``presented`` is ``known``, in time independent of where they differ."""
+    return hmac.compare_digest(known.encode("utf-8", "surrogateescape"), presented.encode("utf-8", "surrogateescape"))
 
 
 def _invalid_key() -> ApiError:
@@ -96,25 +127,48 @@ def _invalid_key() -> ApiError:
 PrincipalDependency = Callable[..., Coroutine[Any, Any, Principal]]
 
 
-def require_roles(*roles: Role) -> PrincipalDependency:
-    """A dependency: authenticate (401), spend a rate-limit token (429), allow only ``roles``
-    (403), then refuse unknown query parameters (400): in that order, so nothing about a
-    route's parameters answers before the caller is known."""
-    allowed = frozenset(roles)
+def bearer_key(authorization: str | None) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` header, read exactly as ``bearer_scheme`` reads it."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
 
-    async def dependency(
+
+async def authorize(connection: HTTPConnection, key: str | None, roles: frozenset[Role]) -> Principal:
+    """Authenticate ``key`` (401), spend a rate-limit token (429), allow only ``roles`` (403),
+    then refuse unknown query parameters (400): in that order, so nothing about a route's
+    parameters answers before the caller is known."""
+    services = get_services(connection)
+    principal = await services.authenticator.authenticate(key)
+    services.rate_limiter.check(principal.key_id, services.settings.rate_limit(principal.role))
+    if principal.role not in roles:
+        raise PermissionDenied("role_not_allowed", f"A {principal.role} API key may not call this endpoint.")
+    reject_unknown_query(connection)
+    return principal
+
+
+class RoleCheck:
+    """The dependency ``require_roles`` makes: the caller's principal, if its role is allowed."""
+
+    def __init__(self, roles: frozenset[Role]) -> None:
+        self.roles = roles
+
+    async def __call__(
+        self,
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     ) -> Principal:
-        services = get_services(request)
-        principal = await services.authenticator.authenticate(None if credentials is None else credentials.credentials)
-        services.rate_limiter.check(principal.key_id, services.settings.rate_limit(principal.role))
-        if principal.role not in allowed:
-            raise PermissionDenied("role_not_allowed", f"A {principal.role} API key may not call this endpoint.")
-        reject_unknown_query(request)
-        return principal
+        return await authorize(request, None if credentials is None else credentials.credentials, self.roles)
 
-    return dependency
+
+def require_roles(*roles: Role) -> PrincipalDependency:
+    """A dependency: authenticate (401), spend a rate-limit token (429), allow only ``roles``
+    (403), then refuse unknown query parameters (400) (see ``authorize``).
+
+    Use it as ``Annotated[Principal, Depends(require_roles("admin", "merchant"))]``.
+    """
+    return RoleCheck(frozenset(roles))
 
 
 def check_owner(principal: Principal, owner_subject_id: str | None, not_found: ApiError) -> None:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from micropay.errors import InvalidRequest
 
-_QUERY_NAMES_KEY = "micropay.query_names"
+QUERY_NAMES_KEY = "micropay.query_names"
 
 
 class _OrjsonRequest(Request):
@@ -42,7 +42,7 @@ class OrjsonRoute(APIRoute):
         query_names = frozenset(_query_names(self.dependant))
 
         async def route_handler(request: Request) -> Response:
-            request.scope[_QUERY_NAMES_KEY] = query_names
+            request.scope[QUERY_NAMES_KEY] = query_names
             return await handler(_OrjsonRequest(request.scope, request.receive))
 
         return route_handler
@@ -50,8 +50,8 @@ class OrjsonRoute(APIRoute):
 
 def reject_unknown_query(connection: HTTPConnection) -> None:
     """Raise 400 ``parameter_unknown`` for a query parameter the route does not take."""
-    known: frozenset[str] | None = connection.scope.get(_QUERY_NAMES_KEY)
-    if known is None:
+    known: frozenset[str] | None = connection.scope.get(QUERY_NAMES_KEY)
+    if known is None or not connection.scope.get("query_string"):
         return
     for name in connection.query_params:
         if name not in known:

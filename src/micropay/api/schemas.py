@@ -3,7 +3,9 @@ named in ``micropay.ledger.limits``) and response models (for the OpenAPI docume
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from operator import itemgetter
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -130,6 +132,68 @@ class TransferIn(TypedDict):
 
 class TransferBatchIn(StrictModel):
     transfers: Annotated[list[TransferIn], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
+
+
+PLAIN_TRANSFER_FIELDS = ("id", "debit_account_id", "credit_account_id", "amount", "ledger")
+"""A plain transfer has exactly these fields, none null (the rest take their defaults)."""
+_ID_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+"""The characters of ``ID_PATTERN``."""
+_NOT_LEDGER_CODE = re.compile(r"[^A-Za-z0-9_]")
+_STR: set[type[Any]] = {str}
+_INT: set[type[Any]] = {int}
+
+
+def _ids_valid(ids: tuple[Any, ...]) -> bool:
+    """Every value is an ``Id``, checked in C-speed passes: joined with commas, nothing but the
+    commas may be left once the id characters are deleted, and no id may be empty or too long."""
+    if set(map(type, ids)) != _STR:
+        return False
+    joined = ",".join(ids)
+    return (
+        joined.isascii()
+        and joined.encode("ascii").translate(None, _ID_BYTES) == b"," * (len(ids) - 1)
+        and min(map(len, ids)) >= 1
+        and max(map(len, ids)) <= ID_LENGTH_MAX
+    )
+
+
+def _ledger_code_valid(code: object) -> bool:
+    return type(code) is str and 0 < len(code) <= LEDGER_CODE_LENGTH_MAX and _NOT_LEDGER_CODE.search(code) is None
+
+
+PlainColumns = tuple[tuple[Any, ...], ...]
+"""The ``PLAIN_TRANSFER_FIELDS`` of a list of plain transfers, one tuple per field."""
+
+
+def plain_transfer_columns(items: object) -> PlainColumns | None:
+    """The columns of ``items`` if every item is a plain transfer that ``TransferIn`` accepts as
+    it is, else None.
+
+    The same rules as the model, checked column by column, so a large batch skips pydantic's
+    per-item validation. None means "not certain": validate with the model (which then
+    accepts, or names the first problem). ``tests/api/test_api_hot_path.py`` holds the two to agree.
+    """
+    if type(items) is not list or not 0 < len(items) <= BATCH_SIZE_MAX:
+        return None
+    if set(map(type, items)) != {dict} or sum(map(len, items)) != len(PLAIN_TRANSFER_FIELDS) * len(items):
+        return None
+    try:
+        columns = tuple(tuple(map(itemgetter(name), items)) for name in PLAIN_TRANSFER_FIELDS)
+    except KeyError:
+        return None
+    ids, debit_ids, credit_ids, amounts, ledgers = columns
+    if set(map(type, amounts)) != _INT or min(amounts) < -AMOUNT_MAX or max(amounts) > AMOUNT_MAX:
+        return None
+    if not (_ids_valid(ids) and _ids_valid(debit_ids) and _ids_valid(credit_ids)):
+        return None
+    if not all(map(_ledger_code_valid, set(ledgers) if set(map(type, ledgers)) == _STR else ledgers)):
+        return None
+    return columns
+
+
+def plain_transfers_valid(items: object) -> bool:
+    """Whether every item is a plain transfer ``TransferIn`` accepts as it is (see above)."""
+    return plain_transfer_columns(items) is not None
 
 
 class ApiKeyIn(StrictModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from fastapi.routing import APIRoute
@@ -15,6 +15,7 @@ from micropay.settlement.rails import Rails
 
 if TYPE_CHECKING:
     from micropay.api.auth import Authenticator
+    from micropay.api.coalesce import TransferCoalescer
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,9 @@ class Services:
     rate_limiter: RateLimiter
     routes: tuple[APIRoute, ...] = ()
     """The API's routes (FastAPI nests included routers; this is them flat)."""
-    rails: Rails = Rails()
+    transfers: TransferCoalescer | None = None
+    """Single transfers go to the engine through it (``POST /v1/transfers``)."""
+    rails: Rails = field(default_factory=Rails)
     """The outside networks money enters and leaves through (simulated card and bank by default)."""
 
 

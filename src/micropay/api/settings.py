@@ -50,6 +50,11 @@ class Settings:
     rate_limits: Mapping[Role, RateLimit | None] = field(default_factory=default_rate_limits)
     key_cache_ttl_s: float = KEY_CACHE_TTL_S
     title: str = "Micropay API"
+    telemetry: bool = False
+    """FastAPI's OpenTelemetry instrumentation (needs an OpenTelemetry SDK configured). Off, it
+    costs nothing per request; on, every request goes through the whole middleware stack."""
+    settle_interval_s: float | None = 1.0
+    """Seconds between background settler ticks while the server runs; None: no background thread."""
 
     def rate_limit(self, role: Role) -> RateLimit | None:
         return self.rate_limits.get(role)

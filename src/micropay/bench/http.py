@@ -101,6 +101,16 @@ def setup_accounts(port: int, key: str, accounts: int) -> None:
             raise MicropayError(f"creating an account answered {status}: {body}")
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far, where /proc tells (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(port: int, key: str, mode: str, connections: int, duration_s: float, accounts: int) -> dict[str, object]:
     command = [
         sys.executable,
@@ -140,15 +150,26 @@ def bench_http(
         server, key = start_server(Path(tmp), port)
         try:
             setup_accounts(port, key, accounts)
+            cpu_before = process_cpu_s(server.pid)
             single = run_load(port, key, "single", connections, duration_s, accounts)
+            cpu_after = process_cpu_s(server.pid)
             report.note(f"single: {single}")
             elapsed = float(str(single["elapsed_s"]))
-            report.figure("single_transfers_per_s", int(str(single["transfers_ok"])) / elapsed, "1/s")
+            transfers = int(str(single["transfers_ok"]))
+            report.figure("single_transfers_per_s", transfers / elapsed, "1/s")
             report.figure("single_p50_ms", float(str(single["p50_ms"])), "ms")
             report.figure("single_p99_ms", float(str(single["p99_ms"])), "ms")
+            if cpu_before is not None and cpu_after is not None and transfers:
+                # CPU per transfer moves less than the rates when other work shares the machine.
+                report.figure("single_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
+            cpu_before = process_cpu_s(server.pid)
             batch = run_load(port, key, "batch", batch_connections, duration_s, accounts)
+            cpu_after = process_cpu_s(server.pid)
             report.note(f"batch: {batch}")
             elapsed = float(str(batch["elapsed_s"]))
-            report.figure("batch_transfers_per_s", int(str(batch["transfers_ok"])) / elapsed, "1/s")
+            transfers = int(str(batch["transfers_ok"]))
+            report.figure("batch_transfers_per_s", transfers / elapsed, "1/s")
+            if cpu_before is not None and cpu_after is not None and transfers:
+                report.figure("batch_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
         finally:
             stop_server(server)

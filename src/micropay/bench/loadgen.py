@@ -4,6 +4,10 @@ Keep-alive connections to 127.0.0.1 only, each sending one request at a time and
 stops by itself after ``duration_s``. Prints one JSON summary on stdout.
 
     python -m micropay.bench.loadgen --port P --key K --mode single --connections 64 --duration-s 10
+
+It shares the machine with the server it measures, so it stays lean: each connection is an
+asyncio protocol (no stream objects), and request bodies are made from pre-rendered parts (the
+random account pairs and amounts are drawn once; only the ids change from request to request).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -21,6 +26,13 @@ LOOPBACK = "127.0.0.1"
 CONNECTIONS_MAX = 512
 DURATION_S_MAX = 120.0
 RESPONSE_BYTES_MAX = 64 * 1024 * 1024
+HEAD_BYTES_MAX = 64 * 1024
+SINGLE_BODIES_PER_CONNECTION = 1024
+"""Random transfer bodies drawn per connection in single mode (used in turn, each with a new id)."""
+BATCH_BODIES_PER_CONNECTION = 2
+"""Random batch bodies drawn per connection in batch mode (used in turn, each with new ids)."""
+_ID_MARK = b"\x00id\x00"
+"""Stands for the request's id prefix in a pre-rendered batch body (never valid JSON text)."""
 
 
 @dataclass(slots=True)
@@ -31,75 +43,183 @@ class ConnectionResult:
     errors: int = 0
 
 
-def _request_bytes(path: str, key: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:].strip())
-    if length > RESPONSE_BYTES_MAX:
-        raise ValueError(f"response of {length} bytes is over the bound")
-    body = await reader.readexactly(length) if length else b""
-    return status, body
-
-
-def _transfer(rng: random.Random, transfer_id: str, accounts: int, ledger: str) -> dict[str, object]:
+def _transfer_tail(rng: random.Random, accounts: int, ledger: str) -> bytes:
+    """A transfer's fields after its id: ``","debit_account_id":...}``."""
     debit = rng.randrange(accounts)
     credit = rng.randrange(accounts - 1)
     credit += credit >= debit
-    return {
-        "id": transfer_id,
+    fields = {
         "debit_account_id": f"acct-{debit}",
         "credit_account_id": f"acct-{credit}",
         "amount": rng.randrange(1, 1000),
         "ledger": ledger,
     }
+    return b'",' + orjson.dumps(fields)[1:]
+
+
+def _json_text(text: str) -> bytes:
+    """``text`` as it goes between the quotes of a JSON string."""
+    return orjson.dumps(text)[1:-1]
+
+
+def _head(path: str, key: str) -> bytes:
+    """A request's head up to the value of Content-Length."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: "
+    ).encode()
+
+
+RequestMaker = Callable[[], tuple[bytes, int]]
+"""Makes the next request: its bytes and how many transfers it carries."""
+
+
+def single_requests(args: argparse.Namespace, index: int) -> RequestMaker:
+    rng = random.Random(args.seed * 1000 + index)
+    tails = [_transfer_tail(rng, args.accounts, args.ledger) for _ in range(SINGLE_BODIES_PER_CONNECTION)]
+    head = _head("/v1/transfers", args.key)
+    prefix = b'{"id":"' + _json_text(f"{args.prefix}-{index}-")
+    sequence = 0
+
+    def make() -> tuple[bytes, int]:
+        nonlocal sequence
+        body = b"%s%d%s" % (prefix, sequence, tails[sequence % len(tails)])
+        sequence += 1
+        return b"%s%d\r\n\r\n%s" % (head, len(body), body), 1
+
+    return make
+
+
+def batch_requests(args: argparse.Namespace, index: int) -> RequestMaker:
+    rng = random.Random(args.seed * 1000 + index)
+    bodies = [
+        b'{"transfers":['
+        + b",".join(
+            b'{"id":"%s-%d%s' % (_ID_MARK, i, _transfer_tail(rng, args.accounts, args.ledger))
+            for i in range(args.batch_size)
+        )
+        + b"]}"
+        for _ in range(BATCH_BODIES_PER_CONNECTION)
+    ]
+    head = _head("/v1/transfers/batch", args.key)
+    sequence = 0
+
+    def make() -> tuple[bytes, int]:
+        nonlocal sequence
+        ids = _json_text(f"{args.prefix}-{index}-{sequence}")
+        body = bodies[sequence % len(bodies)].replace(_ID_MARK, ids)
+        sequence += 1
+        return b"%s%d\r\n\r\n%s" % (head, len(body), body), args.batch_size
+
+    return make
+
+
+def _content_length(head: bytes) -> int:
+    at = head.lower().find(b"\r\ncontent-length:")
+    if at < 0:
+        return 0
+    end = head.find(b"\r\n", at + 2)
+    length = int(head[at + 17 : end if end >= 0 else len(head)])
+    if length > RESPONSE_BYTES_MAX:
+        raise ValueError(f"response of {length} bytes is over the bound")
+    return length
+
+
+class LoadConnection(asyncio.Protocol):
+    """One keep-alive connection: send a request, read its whole answer, time it, repeat."""
+
+    def __init__(self, make: RequestMaker, deadline: float, result: ConnectionResult, done: asyncio.Future[None]):
+        self._make = make
+        self._deadline = deadline
+        self._result = result
+        self._done = done
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._body_at = -1
+        self._length = 0
+        self._status = 0
+        self._count = 0
+        self._started = 0.0
+        self._waiting = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if time.perf_counter() >= self._deadline:
+            transport.close()
+            return
+        request, self._count = self._make()
+        self._waiting = True
+        self._started = time.perf_counter()
+        transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        try:
+            while self._answer(buffer):
+                pass
+        except ValueError:
+            self._result.errors += 1
+            self._waiting = False
+            if self._transport is not None:
+                self._transport.close()
+
+    def _answer(self, buffer: bytearray) -> bool:
+        """Take one whole answer off ``buffer`` if there is one (and send the next request)."""
+        if self._body_at < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > HEAD_BYTES_MAX:
+                    raise ValueError("response head over the bound")
+                return False
+            head = bytes(buffer[:end])
+            self._length = _content_length(head)
+            self._status = int(head[9:12])
+            self._body_at = end + 4
+        end = self._body_at + self._length
+        if len(buffer) < end:
+            return False
+        finished = time.perf_counter()
+        result = self._result
+        result.latencies_s.append(finished - self._started)
+        status = self._status
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if status in (200, 201):
+            if self._count == 1:
+                result.transfers_ok += 1
+            else:
+                answer = orjson.loads(bytes(buffer[self._body_at : end]))
+                result.transfers_ok += sum(1 for item in answer["results"] if item["result"] == "ok")
+        del buffer[:end]
+        self._body_at = -1
+        self._waiting = False
+        self._send()
+        return bool(buffer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if exc is not None or self._waiting:
+            self._result.errors += 1
+        if not self._done.done():
+            self._done.set_result(None)
 
 
 async def _connection(index: int, args: argparse.Namespace, deadline: float, result: ConnectionResult) -> None:
-    rng = random.Random(args.seed * 1000 + index)
-    reader, writer = await asyncio.open_connection(LOOPBACK, args.port)
-    sequence = 0
+    loop = asyncio.get_running_loop()
+    make = single_requests(args, index) if args.mode == "single" else batch_requests(args, index)
+    done: asyncio.Future[None] = loop.create_future()
     try:
-        while time.perf_counter() < deadline:
-            if args.mode == "single":
-                path = "/v1/transfers"
-                body = orjson.dumps(_transfer(rng, f"{args.prefix}-{index}-{sequence}", args.accounts, args.ledger))
-                count = 1
-            else:
-                path = "/v1/transfers/batch"
-                transfers = [
-                    _transfer(rng, f"{args.prefix}-{index}-{sequence}-{i}", args.accounts, args.ledger)
-                    for i in range(args.batch_size)
-                ]
-                body = orjson.dumps({"transfers": transfers})
-                count = args.batch_size
-            sequence += 1
-            started = time.perf_counter()
-            writer.write(_request_bytes(path, args.key, body))
-            status, answer = await _read_response(reader)
-            result.latencies_s.append(time.perf_counter() - started)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if status in (200, 201):
-                if count == 1:
-                    result.transfers_ok += 1
-                else:
-                    results = orjson.loads(answer)["results"]
-                    result.transfers_ok += sum(1 for item in results if item["result"] == "ok")
-    except (OSError, asyncio.IncompleteReadError, ValueError):
+        await loop.create_connection(lambda: LoadConnection(make, deadline, result, done), LOOPBACK, args.port)
+    except OSError:
         result.errors += 1
-    finally:
-        writer.close()
+        return
+    await done
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
@@ -146,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.connections <= CONNECTIONS_MAX or not 0 < args.duration_s <= DURATION_S_MAX:
         parser.error(f"connections 1..{CONNECTIONS_MAX}, duration 0..{DURATION_S_MAX} s")
+    if args.accounts < 2 or args.batch_size < 1:
+        parser.error("accounts >= 2, batch size >= 1")
     import uvloop  # comes with uvicorn[standard]
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

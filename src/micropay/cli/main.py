@@ -123,5 +123,93 @@ def bench_ledger_command(
     )
 
 
+@bench_app.command("http")
+def bench_http_command(
+    as_json: JsonOption = False,
+    connections: Annotated[int, typer.Option(min=1, max=512, help="Concurrent single-transfer clients.")] = 64,
+    duration_s: Annotated[float, typer.Option(min=1, max=120, help="Seconds each load phase runs.")] = 10.0,
+    batch_connections: Annotated[int, typer.Option(min=1, max=16, help="Concurrent batch clients.")] = 2,
+    accounts: Annotated[int, typer.Option(min=2, help="Accounts the transfers move between.")] = 1000,
+) -> None:
+    """Transfers over HTTP against a real server: single (latency) and batch (throughput)."""
+    from micropay.bench.http import bench_http
+
+    bench_http(
+        Reporter("http", as_json=as_json),
+        connections=connections,
+        duration_s=duration_s,
+        batch_connections=batch_connections,
+        accounts=accounts,
+    )
+
+
+@bench_app.command("charges")
+def bench_charges_command(
+    as_json: JsonOption = False,
+    charges: Annotated[int, typer.Option(min=1, help="Charges to make in process.")] = 200_000,
+    threads: Annotated[int, typer.Option(min=1, max=64, help="Threads submitting them.")] = 8,
+    payers: Annotated[int, typer.Option(min=1, help="Payers charged (at random).")] = 1000,
+    merchants: Annotated[int, typer.Option(min=1, help="Merchants paid (at random).")] = 100,
+    one_op_charges: Annotated[int, typer.Option(min=0, help="Further charges made one operation each.")] = 50_000,
+    http: Annotated[bool, typer.Option(help="Also charge over HTTP against a real server.")] = True,
+    connections: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
+    duration_s: Annotated[float, typer.Option(min=1, max=120, help="Seconds the HTTP load runs.")] = 10.0,
+) -> None:
+    """Durable charges/s: in process (many threads, coalesced operations) and over HTTP."""
+    from micropay.bench.charges import bench_charges
+
+    bench_charges(
+        Reporter("charges", as_json=as_json),
+        charges=charges,
+        threads=threads,
+        payers=payers,
+        merchants=merchants,
+        one_op_charges=one_op_charges,
+        http=http,
+        connections=connections,
+        duration_s=duration_s,
+    )
+
+
+@bench_app.command("metering")
+def bench_metering_command(
+    as_json: JsonOption = False,
+    events: Annotated[int, typer.Option(min=1, help="Usage events to rate in process.")] = 500_000,
+    payers: Annotated[int, typer.Option(min=1, help="Payers the events are spread over.")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, max=8190, help="Events per submitted batch.")] = 8190,
+    one_by_one_seconds: Annotated[
+        float, typer.Option(min=0, help="Time given to the one-by-one path (0: skip).")
+    ] = 3.0,
+    http_seconds: Annotated[float, typer.Option(min=0, max=120, help="Seconds of HTTP batches (0: skip).")] = 10.0,
+    http_connections: Annotated[int, typer.Option(min=1, max=16, help="Concurrent HTTP batch clients.")] = 2,
+) -> None:
+    """Usage events rated and charged per second: in process (batches) and over HTTP (batches)."""
+    from micropay.bench.metering import bench_metering
+
+    bench_metering(
+        Reporter("metering", as_json=as_json),
+        events=events,
+        payers=payers,
+        batch_size=batch_size,
+        one_by_one_seconds=one_by_one_seconds,
+        http_seconds=http_seconds,
+        http_connections=http_connections,
+    )
+
+
+@bench_app.command("pools")
+def bench_pools_command(
+    as_json: JsonOption = False,
+    members: Annotated[int, typer.Option(min=1, help="Members who joined the pool this month.")] = 10_000,
+    publishers: Annotated[int, typer.Option(min=1, help="Publishers (each with a site and 10 articles).")] = 1_000,
+    reads: Annotated[int, typer.Option(min=0, help="Reads in the month.")] = 1_000_000,
+    runs: Annotated[int, typer.Option(min=1, max=20, help="Distributions timed (on copies); median reported.")] = 3,
+) -> None:
+    """A month of a collaborative pool distributed: time of the real, durable distribution."""
+    from micropay.bench.pools import bench_pools
+
+    bench_pools(Reporter("pools", as_json=as_json), members=members, publishers=publishers, reads=reads, runs=runs)
+
+
 def main() -> None:
     app()

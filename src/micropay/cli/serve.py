@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import Any, cast
 
 import typer
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from micropay.api import Settings, create_app
 from micropay.api.keys import issue_key, verify_key
@@ -42,6 +47,61 @@ def ensure_admin_key_file(engine: Engine, path: Path) -> str:
 def _url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
+
+
+class CoalescingTransport:
+    """A transport that sends what one turn of the event loop writes to it as one write.
+
+    uvicorn writes a response's head and its body separately: two system calls, two TCP
+    segments, two wake-ups of the client. Held until the end of the turn (or a close), they
+    go as one. Everything else is the wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held:
+            self._held = []
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a ``CoalescingTransport``: one write per response."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        coalescing = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(cast(asyncio.Transport, coalescing))
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -88,20 +148,38 @@ def run_server(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,
         access_log=access_log,
         log_level="info",
-        lifespan="off",
+        lifespan="on",
         server_header=False,
     )
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
     # that was there before it: make that one unwind normally, so the caller closes the engine.
     previous = {sig: signal.signal(sig, _exit_after_graceful_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tune_garbage_collector()
     try:
         _AnnouncingServer(config, note).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+GC_THRESHOLDS = (20_000, 20, 20)
+"""The cyclic collector's thresholds while serving (Python's defaults: 700, 10, 10).
+
+Every request allocates hundreds of short-lived containers (a batch of 8190 transfers, some
+hundred thousand) that mostly die by reference counting; at the defaults the collector keeps
+rescanning them and promoting what is still in flight. Measured under the HTTP benchmark at the
+defaults: 2 500 young collections and 20 full ones (66 ms each, stalling every request) in 12 s."""
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what startup made (modules, the recovered ledger: never garbage, never rescanned)
+    and collect less often. Reference counting still frees everything acyclic at once."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _exit_after_graceful_stop(signum: int, _frame: FrameType | None) -> None:

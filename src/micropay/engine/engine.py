@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,11 +90,32 @@ class BatchContext:
     def ledger(self, code: str) -> Ledger | None:
         return self._state.ledger(code)
 
+    def transfer_exists(self, transfer_id: str) -> bool:
+        """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
+        return self._state.transfer_locator(transfer_id) is not None
+
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record with this batch (replacing any older version)."""
         key = (kind, document_id)
         self._undo.append((key, self._written.get(key)))
         self._written[key] = body
+
+    def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
+        """The newest versions of those of these documents that exist, as ``get_document`` would
+        answer one by one, with one store read for all that are not in memory (for an operation
+        about to look up many ids, most of them new)."""
+        written = self._written
+        found: dict[str, bytes] = {}
+        unwritten: list[str] = []
+        for document_id in document_ids:
+            body = written.get((kind, document_id))
+            if body is None:
+                unwritten.append(document_id)
+            else:
+                found[document_id] = body
+        if unwritten:
+            found.update(self._cache.get_many(kind, unwritten))
+        return found
 
     def get_document(self, kind: str, document_id: str) -> bytes | None:
         """The newest version: written earlier in this batch, else the committed one."""
@@ -138,6 +159,27 @@ class DocumentCache:
         body = self._store.read_document(key[0], key[1])
         self._remember(key, body)
         return body
+
+    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
+        """Those of these documents that exist; the ones not in memory come from one store read.
+        Only found documents are remembered (most ids asked for this way are new)."""
+        entries = self._entries
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        for document_id in document_ids:
+            key = (kind, document_id)
+            if key in entries:
+                body = entries[key]
+                if body is not None:
+                    found[document_id] = body
+            else:
+                missing.append(document_id)
+        if missing:
+            stored = self._store.read_documents(kind, missing)
+            for document_id, body in stored.items():
+                self._remember((kind, document_id), body)
+            found.update(stored)
+        return found
 
     def _remember(self, key: DocumentKey, body: bytes | None) -> None:
         if len(self._entries) >= self._entries_max:

@@ -3,29 +3,68 @@
 An event's charge is ``floor(price(q_after)) - floor(price(q_before))`` for its payer, plan and
 UTC month (``models.pricing``), so the charges of a period add up exactly to the plan's price
 of the period's total quantity: fractions carry, nothing is lost or invented. A declined event
-is recorded with its decline code and does not count in usage. Event ids are idempotency keys
-against everything stored: a replay charges nothing and answers the first result.
+is recorded with its decline code, charges nothing and does not count in usage. Event ids are
+idempotency keys against everything stored: a replay charges nothing and answers the first
+result.
+
+Two ways to rate events, with the same per-event results:
+
+- ``record_event``: one event, one operation, charged through ``payments.charge_now`` (one
+  charge per event). The reference path.
+- ``record_events``: a batch of events in one operation. Each event is checked and rated on
+  its own, in order, against the batch's running state (period quantities per payer, plan and
+  period; each payer's promo, wallet and tab room and spending caps), so it answers exactly
+  what the one-by-one path would; then each (payer, plan, period) group is charged once: one
+  charge and one transfer per money source. A bad event gets its own error and touches
+  nothing. ``rate_events`` runs it, falling back to one operation per event should the grouped
+  booking ever fail (all of the batch operation is undone first).
+
+A period is closed by ``close_period`` (later events for it: ``period_closed``), then each payer
+with usage is trued up to the plan's minimum by ``true_up`` (one operation per payer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import orjson
 
-from micropay.engine import BatchContext
-from micropay.errors import Conflict, NotFound, PaymentDeclined, Refused
-from micropay.models.payments import ChargeRequest, Outcome, charge_now, get_merchant, get_payer
+from micropay.engine import BatchContext, Engine
+from micropay.errors import ApiError, Conflict, MicropayError, NotFound, PaymentDeclined, Refused
+from micropay.ledger import Result, TransferRequest, outcome_codes
+from micropay.ledger.limits import AMOUNT_MAX, NS_PER_S
+from micropay.models import chart, index
+from micropay.models import payments as pay
+from micropay.models.payments import DESCRIPTION_LENGTH_MAX, ChargeRequest, Outcome, charge_now, get_merchant, get_payer
 from micropay.models.pricing import QUANTITY_MAX, Pricing, minimum_text, parse_pricing, pricing_to_json
-from micropay.models.records import encode
-from micropay.models.rules import period_key
+from micropay.models.records import CapUsage, Charge, Merchant, Payer, decode_cap_usage, encode
+from micropay.models.rules import BPS_DENOMINATOR, Sources, consume_grants, period_key, spendable_grants
+from micropay.models.tab import ACCRUAL_BUCKETS_MAX, NS_PER_MINUTE, accrue, read_accrual
 
 PLAN, USAGE, USAGE_EVENT = "plan", "usage", "usage_event"
+PLAN_BY_MERCHANT = "plan_by_merchant"
+"""Owner index (``models.index``): a merchant's plans."""
+USAGE_EVENT_BY_PAYER = "usage_event_by_payer"
+"""A payer's usage events in buckets: id ``{payer_id}:{created_at_ns:020d}:{first event id}``,
+body the JSON list of the ids of the events one operation recorded for the payer, in order (a
+batch writes one document per payer, not one per event). Read with ``list_payer_events``."""
+
 METRIC_LENGTH_MAX = 64
-FUTURE_SKEW_NS = 300 * 1_000_000_000
+FUTURE_SKEW_NS = 300 * NS_PER_S
 """How far past the engine's clock an event's timestamp may be (clock skew of the sender)."""
 CLOSED_PERIODS_MAX = 1200
+PERIOD_LENGTH = 7  # "YYYY-MM"
+TRUE_UP_CHUNK = 1024
+"""Payers whose true-up operations are queued at once when a period closes."""
+_NS_PER_DAY = 86_400 * NS_PER_S
+_RATED_PLANS_MAX = 4096
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +77,7 @@ class Plan:
     minimum: str  # per period, decimal string in minor units ("0": none)
     created_at_ns: int
     closed_periods: tuple[str, ...] = ()
+    metadata: Metadata = ()
 
     def rates(self) -> Pricing:
         return parse_pricing(self.pricing, self.minimum)
@@ -45,7 +85,8 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """A payer's usage of one plan in one period: charged quantity and amount."""
+    """A payer's usage of one plan in one period: charged quantity and amount (the amount
+    includes the minimum true-up once the period is closed)."""
 
     plan_id: str
     period: str
@@ -53,10 +94,12 @@ class Usage:
     quantity: int = 0
     amount: int = 0
     minimum_charged: int = 0
+    minimum_decline_code: str = ""  # the true-up was declined (retried when the period is closed again)
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
+    """A recorded event (a tuple: one is made per event, so it must be cheap to make)."""
+
     id: str
     payer_id: str
     plan_id: str
@@ -67,35 +110,103 @@ class UsageEvent:
     amount: int
     decline_code: str
     created_at_ns: int
+    charge_id: str = ""  # the charge that paid this event ("" when it cost nothing or was declined)
+    metadata: Metadata = ()
+
+
+def _fields(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The dataclass fields present in ``data`` (fields added later take their defaults)."""
+    return {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+
+
+def _pairs(data: Any) -> Metadata:
+    return tuple((str(key), str(value)) for key, value in data)
 
 
 def decode_plan(body: bytes) -> Plan:
-    data = orjson.loads(body)
-    fields = {name: data[name] for name in Plan.__dataclass_fields__}
-    fields["closed_periods"] = tuple(fields["closed_periods"])
+    fields = _fields(Plan, orjson.loads(body))
+    fields["closed_periods"] = tuple(fields.get("closed_periods", ()))
+    fields["metadata"] = _pairs(fields.get("metadata", ()))
     return Plan(**fields)
 
 
 def decode_usage(body: bytes) -> Usage:
     data = orjson.loads(body)
-    return Usage(**{name: data[name] for name in Usage.__dataclass_fields__})
+    return Usage(
+        data["plan_id"],
+        data["period"],
+        data["payer_id"],
+        data["quantity"],
+        data["amount"],
+        data.get("minimum_charged", 0),
+        data.get("minimum_decline_code", ""),
+    )
+
+
+def encode_event(event: UsageEvent) -> bytes:
+    """An event as a JSON array of its fields in order: written once per event, so kept small
+    and quick to make (a third of the time and half the bytes of the object form)."""
+    return orjson.dumps(tuple(event))
 
 
 def decode_event(body: bytes) -> UsageEvent:
     data = orjson.loads(body)
-    return UsageEvent(**{name: data[name] for name in UsageEvent.__dataclass_fields__})
+    if isinstance(data, dict):  # the object form of the first metering release
+        return UsageEvent(
+            **{name: data[name] for name in UsageEvent._fields if name in data and name != "metadata"},
+            metadata=_pairs(data.get("metadata", ())),
+        )
+    event_id, payer_id, plan_id, quantity, timestamp, period, status, amount, decline, created, charge, metadata = data
+    return UsageEvent(
+        event_id,
+        payer_id,
+        plan_id,
+        quantity,
+        timestamp,
+        period,
+        status,
+        amount,
+        decline,
+        created,
+        charge,
+        _pairs(metadata),
+    )
 
 
-def get_plan(ctx: BatchContext, plan_id: str) -> Plan:
+_rated_plans: dict[bytes, tuple[Plan, Pricing]] = {}
+
+
+def plan_and_rates(body: bytes) -> tuple[Plan, Pricing]:
+    """A stored plan and its parsed pricing, parsed once per version of the plan's document."""
+    found = _rated_plans.get(body)
+    if found is None:
+        plan = decode_plan(body)
+        found = (plan, plan.rates())
+        if len(_rated_plans) >= _RATED_PLANS_MAX:
+            _rated_plans.clear()
+        _rated_plans[body] = found
+    return found
+
+
+def load_plan(ctx: BatchContext, plan_id: str) -> tuple[Plan, Pricing]:
     body = ctx.get_document(PLAN, plan_id)
     if body is None:
         raise NotFound("plan_not_found", f"no plan {plan_id}", "plan_id")
-    return decode_plan(body)
+    return plan_and_rates(body)
+
+
+def get_plan(ctx: BatchContext, plan_id: str) -> Plan:
+    return load_plan(ctx, plan_id)[0]
 
 
 def usage_key(plan_id: str, period: str, payer_id: str) -> str:
-    """Usage documents sort by plan and period, so a period's payers can be listed by prefix."""
+    """Usage documents sort by plan and period, so a period's payers can be listed by prefix
+    (client ids never hold a ``:``)."""
     return f"{plan_id}:{period}:{payer_id}"
+
+
+def usage_prefix(plan_id: str, period: str) -> str:
+    return f"{plan_id}:{period}:"
 
 
 def read_usage(ctx: BatchContext, plan_id: str, period: str, payer_id: str) -> Usage:
@@ -105,6 +216,62 @@ def read_usage(ctx: BatchContext, plan_id: str, period: str, payer_id: str) -> U
     return decode_usage(body)
 
 
+def put_event_bucket(ctx: BatchContext, payer_id: str, event_ids: list[str]) -> None:
+    key = f"{payer_id}:{ctx.now_ns:020d}:{event_ids[0]}"
+    ctx.put_document(USAGE_EVENT_BY_PAYER, key, orjson.dumps(event_ids))
+
+
+def list_payer_events(
+    engine: Engine, payer_id: str, starting_after: str | None, limit: int, page: int = 100
+) -> tuple[list[str], bool]:
+    """A payer's event ids by the moment they were recorded (events recorded at one moment: by
+    operation, in the id order of each one's first event; in order within an operation):
+    ``limit`` of them after the event ``starting_after`` (an event of this payer; else the page
+    is empty), and whether more follow."""
+    prefix = f"{payer_id}:"
+    after, skip_until, bucket_prefix = prefix, None, ""
+    if starting_after is not None:
+        body = engine.document(USAGE_EVENT, starting_after)
+        event = None if body is None else decode_event(body)
+        if event is None or event.payer_id != payer_id:
+            return [], False
+        after = f"{prefix}{event.created_at_ns:020d}"
+        bucket_prefix = after + ":"
+        skip_until = starting_after
+    ids: list[str] = []
+    while len(ids) <= limit:
+        rows = engine.store.list_documents(USAGE_EVENT_BY_PAYER, after, page)
+        for key, body in rows:
+            if not key.startswith(prefix):
+                return ids[:limit], len(ids) > limit
+            if skip_until is not None and not key.startswith(bucket_prefix):
+                skip_until = None  # past the buckets of the cursor's moment
+            for event_id in orjson.loads(body):
+                if skip_until is None:
+                    ids.append(event_id)
+                elif event_id == skip_until:
+                    skip_until = None
+        if len(rows) < page:
+            break
+        after = rows[-1][0]
+    return ids[:limit], len(ids) > limit
+
+
+def is_period(text: str) -> bool:
+    """``YYYY-MM``, a month of a year from 1970 on."""
+    return (
+        len(text) == PERIOD_LENGTH
+        and text[4] == "-"
+        and text[:4].isascii()
+        and text[:4].isdigit()
+        and text[5:].isascii()
+        and text[5:].isdigit()
+        and int(text[:4]) >= 1970
+        and 1 <= int(text[5:]) <= 12
+    )
+
+
+# ----------------------------------------------------------------- plans
 @dataclass(frozen=True, slots=True)
 class PlanRequest:
     id: str
@@ -112,6 +279,7 @@ class PlanRequest:
     metric: str
     pricing: dict[str, object]
     minimum: str | None = None
+    metadata: Metadata = ()
 
 
 def create_plan(request: PlanRequest) -> Callable[[BatchContext], Outcome[Plan]]:
@@ -121,119 +289,708 @@ def create_plan(request: PlanRequest) -> Callable[[BatchContext], Outcome[Plan]]
         minimum = minimum_text(rates)
         body = ctx.get_document(PLAN, request.id)
         if body is not None:
-            existing = get_plan(ctx, request.id)
-            asked = (request.merchant_id, request.metric, canonical, minimum)
-            if (existing.merchant_id, existing.metric, existing.pricing, existing.minimum) != asked:
+            existing = decode_plan(body)
+            asked = (request.merchant_id, request.metric, canonical, minimum, request.metadata)
+            if (existing.merchant_id, existing.metric, existing.pricing, existing.minimum, existing.metadata) != asked:
                 raise Conflict("exists_with_different_fields", f"plan {request.id} exists with other fields", "id")
             return existing, True
         if not 0 < len(request.metric) <= METRIC_LENGTH_MAX:
             raise Refused("invalid_metric", f"metric is 1 to {METRIC_LENGTH_MAX} characters", "metric")
         merchant = get_merchant(ctx, request.merchant_id)
-        plan = Plan(request.id, merchant.id, merchant.ledger, request.metric, canonical, minimum, ctx.now_ns)
+        plan = Plan(
+            request.id,
+            merchant.id,
+            merchant.ledger,
+            request.metric,
+            canonical,
+            minimum,
+            ctx.now_ns,
+            metadata=request.metadata,
+        )
         ctx.put_document(PLAN, plan.id, encode(plan))
+        index.put_owner_index(ctx, PLAN_BY_MERCHANT, merchant.id, plan.id)
         return plan, False
 
     return run
 
 
-@dataclass(frozen=True, slots=True)
-class EventRequest:
+# ----------------------------------------------------------------- rating, shared by both paths
+class EventRequest(NamedTuple):
     id: str
     payer_id: str
     plan_id: str
     quantity: int
-    timestamp_ns: int
+    timestamp_ns: int | None = None  # None: now
+    metadata: Metadata = ()
+
+
+EventResult = tuple[UsageEvent, bool] | ApiError
+"""One event's answer: the event and whether it replays an earlier one, or what refused it."""
+
+
+def _replay(existing: UsageEvent, request: EventRequest) -> Outcome[UsageEvent]:
+    same = (
+        existing.payer_id == request.payer_id
+        and existing.plan_id == request.plan_id
+        and existing.quantity == request.quantity
+        and (request.timestamp_ns is None or existing.timestamp_ns == request.timestamp_ns)
+        and existing.metadata == request.metadata
+    )
+    if not same:
+        raise Conflict("exists_with_different_fields", f"event {request.id} exists with other fields", "id")
+    return existing, True
+
+
+def _timestamp(request: EventRequest, now_ns: int) -> int:
+    """The event's checked timestamp (its quantity checked first)."""
+    if not 0 < request.quantity <= QUANTITY_MAX:
+        raise Refused("invalid_quantity", f"quantity is 1 to {QUANTITY_MAX}", "quantity")
+    timestamp_ns = now_ns if request.timestamp_ns is None else request.timestamp_ns
+    if timestamp_ns < 0:
+        raise Refused("invalid_timestamp", "the event's timestamp is before 1970", "timestamp")
+    if timestamp_ns > now_ns + FUTURE_SKEW_NS:
+        raise Refused("timestamp_in_future", "the event's timestamp is later than now", "timestamp")
+    return timestamp_ns
+
+
+def _check_plan_and_payer(plan: Plan, payer: Payer, period: str) -> None:
+    if payer.ledger != plan.ledger:
+        raise Refused("ledger_mismatch", "the payer and the plan's merchant are on different ledgers", "payer_id")
+    if period in plan.closed_periods:
+        raise Refused("period_closed", f"period {period} of plan {plan.id} is closed", "timestamp")
+
+
+def _quantity_after(before: int, quantity: int, rates: Pricing) -> int:
+    after = before + quantity
+    if after > rates.capacity:
+        raise Refused("quantity_over_maximum", f"the plan prices at most {rates.capacity} units per period", "quantity")
+    return after
+
+
+def _check_amount(amount: int) -> None:
+    """``payments.check_amount`` for an amount known to be positive."""
+    if amount > AMOUNT_MAX:
+        raise Refused("amount_exceeds_maximum", f"the amount may be at most {AMOUNT_MAX}", "amount")
+
+
+def usage_charge_id(event_id: str) -> str:
+    """The charge that pays an event (and, in a batch, the later events of its group)."""
+    return f"usage:{event_id}"
 
 
 def record_event(request: EventRequest) -> Callable[[BatchContext], Outcome[UsageEvent]]:
-    """Rate and charge one usage event (or replay it)."""
+    """Rate and charge one usage event (or replay it): the reference path."""
 
     def run(ctx: BatchContext) -> Outcome[UsageEvent]:
         body = ctx.get_document(USAGE_EVENT, request.id)
         if body is not None:
-            existing = decode_event(body)
-            asked = (request.payer_id, request.plan_id, request.quantity, request.timestamp_ns)
-            if (existing.payer_id, existing.plan_id, existing.quantity, existing.timestamp_ns) != asked:
-                raise Conflict("exists_with_different_fields", f"event {request.id} exists with other fields", "id")
-            return existing, True
-        if not 0 < request.quantity <= QUANTITY_MAX:
-            raise Refused("invalid_quantity", f"quantity is 1 to {QUANTITY_MAX}", "quantity")
-        if request.timestamp_ns > ctx.now_ns + FUTURE_SKEW_NS:
-            raise Refused("timestamp_in_future", "the event's timestamp is later than now", "timestamp")
-        plan = get_plan(ctx, request.plan_id)
+            return _replay(decode_event(body), request)
+        timestamp_ns = _timestamp(request, ctx.now_ns)
+        plan, rates = load_plan(ctx, request.plan_id)
         payer = get_payer(ctx, request.payer_id)
-        period = period_key("month", request.timestamp_ns)
-        if period in plan.closed_periods:
-            raise Refused("period_closed", f"period {period} of plan {plan.id} is closed", "timestamp")
+        period = period_key("month", timestamp_ns)
+        _check_plan_and_payer(plan, payer, period)
         usage = read_usage(ctx, plan.id, period, payer.id)
-        after = usage.quantity + request.quantity
-        if after > QUANTITY_MAX:
-            raise Refused("quantity_over_maximum", f"a period holds at most {QUANTITY_MAX} units", "quantity")
-        amount = plan.rates().charge(usage.quantity, after)
+        after = _quantity_after(usage.quantity, request.quantity, rates)
+        amount = rates.price_floor(after) - rates.price_floor(usage.quantity)
+        status, decline_code, charge_id = "charged", "", ""
+        if payer.status != "active":
+            # Even an event that would cost nothing now: its units would be paid for later.
+            status, decline_code, amount = "declined", "payer_suspended", 0
+        elif amount:
+            _check_amount(amount)
+            charge_id = usage_charge_id(request.id)
+            try:
+                charge_now(ctx, ChargeRequest(charge_id, payer.id, plan.merchant_id, amount, plan.metric, kind="usage"))
+            except PaymentDeclined as declined:
+                # charge_now declines before it moves or writes anything, so nothing needs undoing.
+                status, decline_code, amount, charge_id = "declined", declined.code, 0, ""
         event = UsageEvent(
             request.id,
             payer.id,
             plan.id,
             request.quantity,
-            request.timestamp_ns,
+            timestamp_ns,
             period,
-            "charged",
+            status,
             amount,
-            "",
+            decline_code,
             ctx.now_ns,
+            charge_id,
+            request.metadata,
         )
-        if amount:
-            try:
-                charge_now(
-                    ctx,
-                    ChargeRequest(f"usage:{request.id}", payer.id, plan.merchant_id, amount, plan.metric, kind="usage"),
-                )
-            except PaymentDeclined as declined:
-                # charge_now refuses before it moves or writes anything, so nothing needs undoing.
-                event = replace(event, status="declined", amount=0, decline_code=declined.code)
-        if event.status == "charged":
+        if status == "charged":
             updated = replace(usage, quantity=after, amount=usage.amount + amount)
             ctx.put_document(USAGE, usage_key(plan.id, period, payer.id), encode(updated))
-        ctx.put_document(USAGE_EVENT, event.id, encode(event))
+        ctx.put_document(USAGE_EVENT, event.id, encode_event(event))
+        put_event_bucket(ctx, payer.id, [event.id])
         return event, False
 
     return run
 
 
-def close_period(plan_id: str, period: str, payer_ids: list[str]) -> Callable[[BatchContext], list[Usage]]:
-    """Close a plan's period: true up each listed payer to the plan's minimum, then refuse later
-    events for it (``period_closed``). ``payer_ids``: every payer with usage in the period."""
+# ----------------------------------------------------------------- rating a batch
+@dataclass(slots=True)
+class _Funds:
+    """What a payer can still spend in this batch, as ``payments.collect`` would see it event by
+    event: promo, wallet and tab room, and what each spending cap has used."""
 
-    def run(ctx: BatchContext) -> list[Usage]:
+    promo: int
+    wallet: int
+    tab: int
+    caps: list[tuple[str, int]]  # (period key, cap amount) per cap
+    cap_keys: tuple[str, ...]  # the distinct period keys of the caps
+    used: dict[str, int]  # period key -> used, as the cap usage document says plus this batch
+    cap_usage: CapUsage
+    tab_blocked: bool | None = None  # None: not looked at yet
+    spent: int = 0
+    tab_taken: int = 0
+
+
+@dataclass(slots=True)
+class _PayerState:
+    payer: Payer
+    active: bool
+    funds: _Funds | None = None
+    charges: dict[str, _Charge] = field(default_factory=dict)  # by merchant, in order of the first event
+    event_ids: list[str] = field(default_factory=list)  # events recorded for the payer in this batch
+
+
+@dataclass(slots=True)
+class _Charge:
+    """What a payer pays one merchant in this batch: one charge (named after its first paying
+    event), one transfer per money source, and the platform fee of each event."""
+
+    merchant_id: str
+    charge_id: str
+    metrics: list[str]
+    promo: int = 0
+    wallet: int = 0
+    tab: int = 0
+    fee: int = 0
+
+
+@dataclass(slots=True)
+class _Group:
+    """One (payer, plan, period) in this batch: its usage as it grows."""
+
+    plan: Plan
+    rates: Pricing
+    usage: Usage
+    quantity: int
+    floor: int  # floor(price(quantity))
+    amount: int
+    changed: bool = False
+
+
+@dataclass(slots=True)
+class _PlanState:
+    plan: Plan
+    rates: Pricing
+    capacity: int
+    floor: Callable[[int], int]
+
+
+class GroupedChargeFailed(MicropayError):
+    """A batch's grouped transfers did not all apply; the batch operation is undone whole."""
+
+
+class _Batch:
+    """The running state of one batch operation. ``rate`` answers each event exactly as
+    ``record_event`` would, in order; ``book`` then moves the money and writes the records."""
+
+    def __init__(self, ctx: BatchContext, stored: dict[str, bytes]) -> None:
+        self.ctx = ctx
+        self.now_ns = ctx.now_ns
+        self.stored = stored  # events of this batch's ids recorded before it
+        self.events: dict[str, UsageEvent] = {}
+        self.plans: dict[str, _PlanState] = {}
+        self.payers: dict[str, _PayerState] = {}
+        self.merchants: dict[str, tuple[int, int]] = {}  # fee: (percent_bps, fixed)
+        self.merchant_records: dict[str, Merchant] = {}
+        self.groups: dict[tuple[str, str, str], _Group] = {}
+        self.periods: dict[int, str] = {}
+        self.usage_bodies: dict[str, bytes] = {}
+        self.usage_read: set[str] = set()
+
+    # ------------------------------------------------------------- per event
+    def rate(self, request: EventRequest) -> EventResult:
+        try:
+            return self._rate(request)
+        except ApiError as error:
+            return error
+
+    def _rate(self, request: EventRequest) -> Outcome[UsageEvent]:
+        # The checks of record_event, in its order, inlined: this runs once per event.
+        event_id, payer_id, plan_id, quantity, timestamp_ns, metadata = request
+        earlier = self.events.get(event_id)
+        if earlier is not None:
+            return _replay(earlier, request)
+        body = self.stored.get(event_id)
+        if body is not None:
+            return _replay(decode_event(body), request)
+        if not 0 < quantity <= QUANTITY_MAX:
+            raise Refused("invalid_quantity", f"quantity is 1 to {QUANTITY_MAX}", "quantity")
+        now_ns = self.now_ns
+        if timestamp_ns is None:
+            timestamp_ns = now_ns
+        elif timestamp_ns < 0 or timestamp_ns > now_ns + FUTURE_SKEW_NS:
+            _timestamp(request, now_ns)  # raises the refusal
+        plan_state = self.plans.get(plan_id) or self._plan(plan_id)
+        state = self.payers.get(payer_id) or self._payer(payer_id)
+        plan = plan_state.plan
+        day = timestamp_ns // _NS_PER_DAY
+        period = self.periods.get(day) or self._period(day, timestamp_ns)
+        if state.payer.ledger != plan.ledger or period in plan.closed_periods:
+            _check_plan_and_payer(plan, state.payer, period)  # raises the refusal
+        key = (plan_id, period, payer_id)
+        group = self.groups.get(key) or self._group(key, plan_state)
+        after = group.quantity + quantity
+        if after > plan_state.capacity:
+            _quantity_after(group.quantity, quantity, plan_state.rates)  # raises the refusal
+        floor_after = plan_state.floor(after)
+        amount = floor_after - group.floor
+        status, decline_code, charge_id = "charged", "", ""
+        if not state.active:
+            status, decline_code, amount = "declined", "payer_suspended", 0
+        elif amount:
+            spent = self._spend(state, plan, amount, event_id)
+            if isinstance(spent, str):
+                status, decline_code, amount = "declined", spent, 0
+            else:
+                charge_id = spent.charge_id
+        if status == "charged":
+            group.quantity, group.floor, group.amount, group.changed = after, floor_after, group.amount + amount, True
+        event = UsageEvent(
+            event_id,
+            payer_id,
+            plan_id,
+            quantity,
+            timestamp_ns,
+            period,
+            status,
+            amount,
+            decline_code,
+            now_ns,
+            charge_id,
+            metadata,
+        )
+        self.events[event_id] = event
+        state.event_ids.append(event_id)
+        self.ctx.put_document(USAGE_EVENT, event_id, orjson.dumps(tuple(event)))
+        return event, False
+
+    def _plan(self, plan_id: str) -> _PlanState:
+        plan, rates = load_plan(self.ctx, plan_id)
+        state = self.plans[plan_id] = _PlanState(plan, rates, rates.capacity, rates.floor_function())
+        return state
+
+    def _payer(self, payer_id: str) -> _PayerState:
+        payer = get_payer(self.ctx, payer_id)
+        state = self.payers[payer_id] = _PayerState(payer, payer.status == "active")
+        return state
+
+    def _period(self, day: int, timestamp_ns: int) -> str:
+        period = self.periods[day] = period_key("month", timestamp_ns)
+        return period
+
+    def prefetch_usage(self, requests: Sequence[EventRequest]) -> None:
+        """Read the usage documents the batch's events name (one store read for those not in
+        memory), so that rating finds them at hand."""
+        now_ns, periods = self.now_ns, self.periods
+        keys: set[str] = set()
+        for request in requests:
+            timestamp_ns = now_ns if request.timestamp_ns is None else request.timestamp_ns
+            if timestamp_ns < 0:
+                continue
+            day = timestamp_ns // _NS_PER_DAY
+            period = periods.get(day) or self._period(day, timestamp_ns)
+            keys.add(usage_key(request.plan_id, period, request.payer_id))
+        self.usage_bodies = self.ctx.get_documents(USAGE, keys)
+        self.usage_read = keys
+
+    def _group(self, key: tuple[str, str, str], plan_state: _PlanState) -> _Group:
+        plan_id, period, payer_id = key
+        document_id = usage_key(plan_id, period, payer_id)
+        body = self.usage_bodies.get(document_id)
+        if body is not None:
+            usage = decode_usage(body)
+        elif document_id in self.usage_read:
+            usage = Usage(plan_id, period, payer_id)  # read ahead: none yet
+        else:
+            usage = read_usage(self.ctx, plan_id, period, payer_id)
+        floor = plan_state.rates.price_floor(usage.quantity)
+        group = self.groups[key] = _Group(plan_state.plan, plan_state.rates, usage, usage.quantity, floor, usage.amount)
+        return group
+
+    def _merchant(self, merchant_id: str) -> tuple[int, int]:
+        merchant = get_merchant(self.ctx, merchant_id)
+        fee = self.merchants[merchant_id] = (merchant.fee_percent_bps, merchant.fee_fixed)
+        self.merchant_records[merchant_id] = merchant
+        return fee
+
+    def _spend(self, state: _PayerState, plan: Plan, amount: int, event_id: str) -> _Charge | str:
+        """Take ``amount`` from the payer's running room as ``charge_now`` would: answer the
+        decline code, or the batch's charge of this payer and merchant that took it (raise for
+        what ``charge_now`` would raise)."""
+        if amount > AMOUNT_MAX:
+            _check_amount(amount)  # raises the refusal
+        merchant_id = plan.merchant_id
+        percent_bps, fixed = self.merchants.get(merchant_id) or self._merchant(merchant_id)
+        funds = state.funds or self._funds(state)
+        used = funds.used
+        for cap_key, cap_amount in funds.caps:
+            if used[cap_key] + amount > cap_amount:
+                return "spend_cap_exceeded"
+        # rules.allocate, written out for this path (no Sources made per event).
+        promo = amount if amount <= funds.promo else funds.promo
+        rest = amount - promo
+        mode = state.payer.mode
+        if mode == "postpay":
+            promo, wallet, tab = 0, 0, amount
+            if amount > funds.tab:
+                return "credit_limit_exceeded"
+        else:
+            wallet = rest if rest <= funds.wallet else funds.wallet
+            tab = rest - wallet
+            if tab and mode == "prepay":
+                return "insufficient_funds"
+            if tab > funds.tab:
+                return "credit_limit_exceeded"
+        if tab and self._tab_blocked(state.payer.id, funds):
+            raise Refused("tab_usage_unbilled_too_long", "close a statement for this tab first", "payer_id")
+        funds.promo -= promo
+        funds.wallet -= wallet
+        funds.tab -= tab
+        funds.spent += amount
+        funds.tab_taken += tab
+        for cap_key in funds.cap_keys:
+            used[cap_key] += amount
+        charge = state.charges.get(merchant_id)
+        if charge is None:
+            charge = state.charges[merchant_id] = _Charge(merchant_id, usage_charge_id(event_id), [plan.metric])
+        elif plan.metric not in charge.metrics:
+            charge.metrics.append(plan.metric)
+        charge.promo += promo
+        charge.wallet += wallet
+        charge.tab += tab
+        # rules.platform_fee: min(amount, fixed + amount * percent_bps // 10000).
+        if percent_bps or fixed:
+            fee = fixed + amount * percent_bps // BPS_DENOMINATOR
+            charge.fee += fee if fee < amount else amount
+        return charge
+
+    def _funds(self, state: _PayerState) -> _Funds:
+        ctx, payer, now_ns = self.ctx, state.payer, self.now_ns
+        ledger = payer.ledger
+        cap_usage = CapUsage(payer.id)
+        if payer.spend_caps:
+            body = ctx.get_document(pay.CAP_USAGE, payer.id)
+            cap_usage = cap_usage if body is None else decode_cap_usage(body)
+        caps = [(period_key(cap.period, now_ns), cap.amount) for cap in payer.spend_caps]
+        used = {cap_key: cap_usage.amount(cap_key) for cap_key, _ in caps}
+        promo_room = self._available(chart.promo_account(payer.id, ledger))
+        if promo_room > 0:  # else no grant can be spent: skip reading them
+            grants = pay.payer_promo(ctx, payer.id, ledger).grants
+            promo_room = min(promo_room, sum(grant.remaining for grant in spendable_grants(grants, now_ns)))
+        funds = state.funds = _Funds(
+            promo=promo_room,
+            wallet=max(self._available(chart.wallet_account(payer.id, ledger)), 0),
+            tab=max(self._available(chart.tab_account(payer.id, ledger)), 0),
+            caps=caps,
+            cap_keys=tuple(used),
+            used=used,
+            cap_usage=cap_usage,
+        )
+        return funds
+
+    def _available(self, account_id: str) -> int:
+        account = self.ctx.account(account_id)
+        if account is None:
+            raise MicropayError(f"account {account_id} is missing")
+        return account.available
+
+    def _tab_blocked(self, payer_id: str, funds: _Funds) -> bool:
+        """Whether accruing on the tab now would open a bucket past ``ACCRUAL_BUCKETS_MAX``."""
+        if funds.tab_blocked is None:
+            minutes = dict(read_accrual(self.ctx, payer_id).minutes)
+            minute = self.now_ns // NS_PER_MINUTE
+            funds.tab_blocked = minute not in minutes and len(minutes) + 1 > ACCRUAL_BUCKETS_MAX
+        return funds.tab_blocked
+
+    # ------------------------------------------------------------- booking the batch
+    def book(self) -> None:
+        """Move the money (per payer and merchant: one transfer per money source, and the fee),
+        then write the records."""
+        ctx, now_ns = self.ctx, self.now_ns
+        legs: list[TransferRequest] = []
+        for state in self.payers.values():
+            payer_id, ledger = state.payer.id, state.payer.ledger
+            for charge in state.charges.values():
+                merchant_account = chart.merchant_account(charge.merchant_id)
+                prefix = f"charge:{charge.charge_id}"
+                for leg, part, account_id in (
+                    ("promo", charge.promo, chart.promo_account(payer_id, ledger)),
+                    ("wallet", charge.wallet, chart.wallet_account(payer_id, ledger)),
+                    ("tab", charge.tab, chart.tab_account(payer_id, ledger)),
+                ):
+                    if part:
+                        legs.append(TransferRequest(f"{prefix}:{leg}", account_id, merchant_account, part, ledger))
+                if charge.fee:
+                    fees = chart.fees_account(ledger)
+                    legs.append(TransferRequest(f"{prefix}:fee", merchant_account, fees, charge.fee, ledger))
+        if legs and any(code is not Result.OK for code in outcome_codes(ctx.create_transfers(legs))):
+            raise GroupedChargeFailed("a grouped usage transfer did not apply")
+        earnings: dict[str, int] = {}
+        for state in self.payers.values():
+            if state.charges:
+                self._book_payer(state, earnings)
+            if state.event_ids:
+                put_event_bucket(ctx, state.payer.id, state.event_ids)
+        for merchant_id, net in earnings.items():
+            pay._add_earnings(ctx, self.merchant_records[merchant_id], net, now_ns)
+        for (plan_id, period, payer_id), group in self.groups.items():
+            if group.changed:
+                old = group.usage
+                usage = Usage(
+                    plan_id,
+                    period,
+                    payer_id,
+                    group.quantity,
+                    group.amount,
+                    old.minimum_charged,
+                    old.minimum_decline_code,
+                )
+                ctx.put_document(USAGE, usage_key(plan_id, period, payer_id), encode(usage))
+
+    def _book_payer(self, state: _PayerState, earnings: dict[str, int]) -> None:
+        ctx, now_ns, payer = self.ctx, self.now_ns, state.payer
+        funds = state.funds
+        if funds is None:
+            raise MicropayError("a payer charged in a batch has no funds state")
+        promo_total = sum(charge.promo for charge in state.charges.values())
+        promo = pay.payer_promo(ctx, payer.id, payer.ledger) if promo_total else None
+        grants = promo.grants if promo is not None else ()
+        for charge in state.charges.values():
+            taken: tuple[tuple[str, int], ...] = ()
+            if charge.promo:
+                grants, taken = consume_grants(grants, charge.promo, now_ns)
+            amount = charge.promo + charge.wallet + charge.tab
+            record = Charge(
+                id=charge.charge_id,
+                payer_id=payer.id,
+                merchant_id=charge.merchant_id,
+                ledger=payer.ledger,
+                amount=amount,
+                platform_fee=charge.fee,
+                merchant_amount=amount - charge.fee,
+                sources=Sources(charge.promo, charge.wallet, charge.tab),
+                promo_taken=taken,
+                refunded=Sources(0, 0, 0),
+                description=", ".join(charge.metrics)[:DESCRIPTION_LENGTH_MAX],
+                status="succeeded",
+                created_at_ns=now_ns,
+                kind="usage",
+            )
+            ctx.put_document(pay.CHARGE, record.id, encode(record))
+            index.put_owner_index(ctx, index.CHARGE_BY_PAYER, payer.id, record.id)
+            index.put_owner_index(ctx, index.CHARGE_BY_MERCHANT, charge.merchant_id, record.id)
+            earnings[charge.merchant_id] = earnings.get(charge.merchant_id, 0) + amount - charge.fee
+        if promo is not None:
+            ctx.put_document(pay.PAYER_PROMO, f"{payer.id}:{payer.ledger}", encode(replace(promo, grants=grants)))
+        if payer.spend_caps:
+            pay._add_usage(ctx, funds.cap_usage, payer.spend_caps, funds.spent, now_ns)
+        accrue(ctx, payer.id, funds.tab_taken)
+
+
+def record_events(requests: Sequence[EventRequest]) -> Callable[[BatchContext], list[EventResult]]:
+    """Rate and charge a batch of events in one operation, each answering what ``record_event``
+    would have answered had they been run one by one in this order."""
+
+    def run(ctx: BatchContext) -> list[EventResult]:
+        # Most ids are new: one store read finds the few that are not. The usage of every
+        # payer, plan and month the batch names is read the same way.
+        batch = _Batch(ctx, ctx.get_documents(USAGE_EVENT, [request.id for request in requests]))
+        batch.prefetch_usage(requests)
+        rate = batch.rate
+        results = [rate(request) for request in requests]
+        batch.book()
+        return results
+
+    return run
+
+
+def _settled(future: Future[Outcome[UsageEvent]]) -> EventResult:
+    try:
+        return future.result()
+    except ApiError as error:
+        return error
+
+
+def rate_events(engine: Engine, requests: Sequence[EventRequest]) -> list[EventResult]:
+    """Rate up to ``BATCH_SIZE_MAX`` events as one batch operation (see ``record_events``)."""
+    if not requests:
+        return []
+    try:
+        return engine.call(record_events(requests), len(requests))
+    except GroupedChargeFailed:
+        futures = [engine.submit(record_event(request)) for request in requests]
+        return [_settled(future) for future in futures]
+
+
+async def rate_events_async(engine: Engine, requests: Sequence[EventRequest]) -> list[EventResult]:
+    if not requests:
+        return []
+    try:
+        return await engine.call_async(record_events(requests), len(requests))
+    except GroupedChargeFailed:
+        pass
+    futures = [asyncio.wrap_future(engine.submit(record_event(request))) for request in requests]
+    answers = await asyncio.gather(*futures, return_exceptions=True)
+    results: list[EventResult] = []
+    for answer in answers:
+        if isinstance(answer, ApiError):
+            results.append(answer)
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            results.append(answer)
+    return results
+
+
+# ----------------------------------------------------------------- closing a period
+def close_period(plan_id: str, period: str) -> Callable[[BatchContext], Plan]:
+    """Close a plan's period: later events for it are refused (``period_closed``). Closing a
+    closed period again answers the plan as it is. The minimum is charged by ``true_up``."""
+
+    def run(ctx: BatchContext) -> Plan:
         plan = get_plan(ctx, plan_id)
         if period in plan.closed_periods:
-            return [read_usage(ctx, plan.id, period, payer_id) for payer_id in payer_ids]
+            return plan
+        if not is_period(period):
+            raise Refused("invalid_period", "a period is a month written YYYY-MM", "period")
         if period >= period_key("month", ctx.now_ns):
             raise Refused("period_not_over", f"period {period} has not ended yet", "period")
         if len(plan.closed_periods) >= CLOSED_PERIODS_MAX:
             raise Refused("too_many_closed_periods", "this plan has closed too many periods", "period")
-        minimum = plan.rates().minimum_floor()
-        trued = []
-        for payer_id in payer_ids:
-            usage = read_usage(ctx, plan.id, period, payer_id)
-            short = minimum - usage.amount
-            if short > 0:
-                charge_now(
-                    ctx,
-                    ChargeRequest(
-                        f"usage_minimum:{plan.id}:{period}:{payer_id}",
-                        payer_id,
-                        plan.merchant_id,
-                        short,
-                        f"{plan.metric} minimum {period}",
-                        kind="usage",
-                    ),
-                )
-                usage = replace(usage, amount=usage.amount + short, minimum_charged=short)
-                ctx.put_document(USAGE, usage_key(plan.id, period, payer_id), encode(usage))
-            trued.append(usage)
         closed = replace(plan, closed_periods=(*plan.closed_periods, period))
         ctx.put_document(PLAN, plan.id, encode(closed))
-        return trued
+        return closed
 
     return run
+
+
+def minimum_charge_id(plan_id: str, period: str, payer_id: str) -> str:
+    """The true-up charge of one payer, plan and period (a digest: the ids would not fit a
+    transfer id written out)."""
+    digest = hashlib.sha256(usage_key(plan_id, period, payer_id).encode()).hexdigest()[:32]
+    return f"usage_minimum:{digest}"
+
+
+def true_up(plan_id: str, period: str, payer_id: str) -> Callable[[BatchContext], Usage]:
+    """Charge a payer the rest of the plan's minimum for a closed period, once. A declined
+    true-up is noted on the usage (``minimum_decline_code``) and tried again by the next call."""
+
+    def run(ctx: BatchContext) -> Usage:
+        plan, rates = load_plan(ctx, plan_id)
+        if period not in plan.closed_periods:
+            raise Refused("period_open", f"period {period} of plan {plan.id} is not closed", "period")
+        usage = read_usage(ctx, plan.id, period, payer_id)
+        short = rates.minimum_floor() - usage.amount
+        if usage.minimum_charged or short <= 0 or not usage.quantity:
+            return usage
+        request = ChargeRequest(
+            minimum_charge_id(plan.id, period, payer_id),
+            payer_id,
+            plan.merchant_id,
+            short,
+            f"{plan.metric} minimum {period}",
+            kind="usage",
+        )
+        try:
+            charge_now(ctx, request)
+        except PaymentDeclined as declined:
+            usage = replace(usage, minimum_decline_code=declined.code)
+        else:
+            usage = replace(usage, amount=usage.amount + short, minimum_charged=short, minimum_decline_code="")
+        ctx.put_document(USAGE, usage_key(plan.id, period, payer_id), encode(usage))
+        return usage
+
+    return run
+
+
+def usage_payers(engine: Engine, plan_id: str, period: str, page: int = 1000) -> list[str]:
+    """The payers with usage of a plan in a period (committed), listed by the usage documents' prefix."""
+    prefix = usage_prefix(plan_id, period)
+    payers: list[str] = []
+    after = prefix
+    while True:
+        rows = engine.store.list_documents(USAGE, after, page)
+        for document_id, _ in rows:
+            if not document_id.startswith(prefix):
+                return payers
+            payers.append(document_id[len(prefix) :])
+        if len(rows) < page:
+            return payers
+        after = rows[-1][0]
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodClose:
+    """What closing a period did: the plan, each payer's usage after the true-up, and the
+    payers whose true-up failed with an error other than a decline."""
+
+    plan: Plan
+    period: str
+    usages: tuple[Usage, ...]
+    errors: tuple[tuple[str, str], ...] = ()  # (payer id, error code)
+
+    @property
+    def minimum_charged(self) -> int:
+        return sum(usage.minimum_charged for usage in self.usages)
+
+    @property
+    def declined(self) -> tuple[Usage, ...]:
+        return tuple(usage for usage in self.usages if usage.minimum_decline_code)
+
+
+def _close_result(plan: Plan, period: str, payers: list[str], answers: list[Usage | BaseException]) -> PeriodClose:
+    usages: list[Usage] = []
+    errors: list[tuple[str, str]] = []
+    for payer_id, answer in zip(payers, answers, strict=True):
+        if isinstance(answer, ApiError):
+            errors.append((payer_id, answer.code))
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            usages.append(answer)
+    return PeriodClose(plan, period, tuple(usages), tuple(errors))
+
+
+def close_and_true_up(engine: Engine, plan_id: str, period: str) -> PeriodClose:
+    """Close the period, then true up every payer who used the plan in it (each in its own
+    operation, queued together). Safe to run again: it retries what did not go through."""
+    plan = engine.call(close_period(plan_id, period))
+    payers = usage_payers(engine, plan_id, period)
+    answers: list[Usage | BaseException] = []
+    for start in range(0, len(payers), TRUE_UP_CHUNK):
+        futures = [
+            engine.submit(true_up(plan_id, period, payer_id)) for payer_id in payers[start : start + TRUE_UP_CHUNK]
+        ]
+        for future in futures:
+            try:
+                answers.append(future.result())
+            except ApiError as error:
+                answers.append(error)
+    return _close_result(plan, period, payers, answers)
+
+
+async def close_and_true_up_async(engine: Engine, plan_id: str, period: str) -> PeriodClose:
+    plan = await engine.call_async(close_period(plan_id, period))
+    payers = await asyncio.to_thread(usage_payers, engine, plan_id, period)
+    answers: list[Usage | BaseException] = []
+    for start in range(0, len(payers), TRUE_UP_CHUNK):
+        chunk = payers[start : start + TRUE_UP_CHUNK]
+        futures = [asyncio.wrap_future(engine.submit(true_up(plan_id, period, payer_id))) for payer_id in chunk]
+        answers.extend(await asyncio.gather(*futures, return_exceptions=True))
+    return _close_result(plan, period, payers, answers)

@@ -9,6 +9,7 @@ import orjson
 
 from micropay.engine import BatchContext
 from micropay.errors import Conflict, NotFound, Refused
+from micropay.models import index
 from micropay.models.payments import ChargeRequest, Outcome, charge_now
 from micropay.models.records import encode
 
@@ -69,6 +70,8 @@ def buy_pass(
             pass_id, payer_id, merchant_id, price, duration_s, charge_id, now_ns, now_ns + duration_s * NS_PER_S
         )
         ctx.put_document(PASS, pass_id, encode(record))
+        index.put_owner_index(ctx, index.PASS_BY_PAYER, payer_id, pass_id)
+        index.put_owner_index(ctx, index.PASS_BY_MERCHANT, merchant_id, pass_id)
         return record, False
 
     return run

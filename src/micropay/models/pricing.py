@@ -13,8 +13,9 @@ fractions carry from event to event and nothing is lost or invented.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from micropay.errors import Refused, require
@@ -22,25 +23,28 @@ from micropay.errors import Refused, require
 TIERS_MAX = 32
 PRICE_DIGITS_MAX = 12
 """Most digits after the point a price may carry (``"0.000000000001"``)."""
+PRICE_INTEGER_DIGITS_MAX = 13
 UNIT_PRICE_MAX = Fraction(10**12)
 QUANTITY_MAX = 10**12
 """Largest cumulative quantity in one period."""
+PRICE_PATTERN = rf"^[0-9]{{1,{PRICE_INTEGER_DIGITS_MAX}}}(\.[0-9]{{1,{PRICE_DIGITS_MAX}}})?$"
+"""A price as the API takes it: plain ASCII digits, optionally a point and 1 to 12 more digits.
+No sign, exponent, spaces, underscores or other scripts' digits (which ``Decimal`` would accept)."""
+_PRICE = re.compile(PRICE_PATTERN)
 
 
 def parse_price(text: object, param: str) -> Fraction:
     """A non-negative decimal string (``"12"``, ``"0.04"``) as an exact fraction."""
-    if not isinstance(text, str) or not text or len(text) > 40:
-        raise Refused("invalid_price", f'{param} must be a decimal string like "0.04"', param)
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise Refused("invalid_price", f'{param} must be a decimal string like "0.04"', param) from None
-    exponent = value.as_tuple().exponent
-    if not value.is_finite() or value < 0 or not isinstance(exponent, int) or -exponent > PRICE_DIGITS_MAX:
-        raise Refused("invalid_price", f"{param} must be non-negative with at most {PRICE_DIGITS_MAX} decimals", param)
-    price = Fraction(value)
+    if not isinstance(text, str) or _PRICE.fullmatch(text) is None:
+        raise Refused(
+            "invalid_price",
+            f'{param} must be a decimal string like "0.04" (digits, at most {PRICE_DIGITS_MAX} after the point)',
+            param,
+        )
+    whole, _, part = text.partition(".")
+    price = Fraction(int(whole + part), 10 ** len(part))
     if price > UNIT_PRICE_MAX:
-        raise Refused("invalid_price", f"{param} is over the maximum", param)
+        raise Refused("invalid_price", f"{param} is over the maximum ({UNIT_PRICE_MAX})", param)
     return price
 
 
@@ -65,9 +69,17 @@ class Pricing:
     package_price: int = 0
     minimum: int = 0
 
+    @property
+    def capacity(self) -> int:
+        """The largest period quantity the plan prices: ``QUANTITY_MAX``, or less when the last
+        graduated tier has an ``up_to`` (units past it have no price, so they are refused)."""
+        if self.model == "graduated" and self.tiers[-1].up_to is not None:
+            return min(self.tiers[-1].up_to, QUANTITY_MAX)
+        return QUANTITY_MAX
+
     def numerator(self, quantity: int) -> int:
         """``price(quantity) * denominator``, exactly."""
-        require(0 <= quantity <= QUANTITY_MAX, "pricing: quantity out of range")
+        require(0 <= quantity <= self.capacity, "pricing: quantity out of range")
         if self.model == "per_unit":
             return quantity * self.unit_price
         if self.model == "package":
@@ -89,6 +101,18 @@ class Pricing:
         """``floor(price(quantity))`` in whole minor units."""
         return self.numerator(quantity) // self.denominator
 
+    def floor_function(self) -> Callable[[int], int]:
+        """``price_floor`` for quantities already checked against ``capacity``, without the
+        checks: what rating calls once per event."""
+        denominator = self.denominator
+        if self.model == "per_unit":
+            unit_price = self.unit_price
+            return lambda quantity: quantity * unit_price // denominator
+        if self.model == "package":
+            size, package_price = self.package_size, self.package_price
+            return lambda quantity: -(-quantity // size) * package_price // denominator
+        return self.price_floor
+
     def charge(self, before: int, after: int) -> int:
         """What an event taking the period's quantity from ``before`` to ``after`` costs."""
         require(0 <= before <= after, "pricing: quantities must not go down")
@@ -97,6 +121,7 @@ class Pricing:
         return amount
 
     def minimum_floor(self) -> int:
+        """The period minimum in whole minor units (a fractional minimum rounds down)."""
         return self.minimum // self.denominator
 
 
@@ -114,8 +139,11 @@ def _scaled(price: Fraction, denominator: int) -> int:
 
 
 def parse_pricing(data: dict[str, object], minimum: object = None) -> Pricing:
-    """Validate an API ``pricing`` object (and an optional period ``minimum``) into a Pricing."""
+    """Validate an API ``pricing`` object (and an optional period ``minimum``, which may also be
+    given as ``pricing.minimum``) into a Pricing."""
     model = data.get("model")
+    if minimum is None:
+        minimum = data.get("minimum")
     minimum_price = Fraction(0) if minimum is None else parse_price(minimum, "minimum")
     if model == "per_unit":
         unit = parse_price(data.get("unit_price"), "pricing.unit_price")

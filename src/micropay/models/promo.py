@@ -11,7 +11,7 @@ import orjson
 from micropay.engine import BatchContext
 from micropay.errors import Conflict, NotFound, Refused
 from micropay.ledger import TransferRequest
-from micropay.models import chart
+from micropay.models import chart, index
 from micropay.models.payments import (
     PAYER_PROMO,
     Outcome,
@@ -52,9 +52,12 @@ def voucher_id(digest: str) -> str:
     return f"vch_{digest[:16]}"
 
 
-def _decode(body: bytes) -> Voucher:
+def decode_voucher(body: bytes) -> Voucher:
     data = orjson.loads(body)
     return Voucher(**{name: data[name] for name in Voucher.__dataclass_fields__})
+
+
+_decode = decode_voucher
 
 
 def create_voucher(
@@ -120,6 +123,8 @@ def redeem_voucher(payer_id: str, code: str) -> Callable[[BatchContext], Outcome
         ctx.put_document(PAYER_PROMO, f"{payer.id}:{ledger}", encode(replace(promo, grants=(*kept, grant))))
         redeemed = replace(voucher, redeemed_by=payer.id, redeemed_at_ns=ctx.now_ns)
         ctx.put_document(VOUCHER, digest, encode(redeemed))
+        due_id = f"{payer.id}:{ledger}:{voucher.id}"
+        index.put_due(ctx, index.PROMO_DUE, voucher.expires_at_ns, due_id, {"payer_id": payer.id, "ledger": ledger})
         return redeemed, False
 
     return run

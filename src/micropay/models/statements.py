@@ -16,7 +16,7 @@ import orjson
 
 from micropay.engine import BatchContext
 from micropay.errors import NotFound, Refused
-from micropay.models import chart
+from micropay.models import chart, index
 from micropay.models.payments import PAYER, book_cash_in, get_payer, scale_of
 from micropay.models.records import Topup, encode
 from micropay.models.tab import NS_PER_MINUTE, TAB_ACCRUAL, TabAccrual, read_accrual
@@ -60,9 +60,14 @@ def get_statement(ctx: BatchContext, statement_id_: str) -> Statement:
     return decode_statement(body)
 
 
-def close_statements(payer_ids: list[str], period_end_ns: int) -> Callable[[BatchContext], list[Statement]]:
+def close_statements(
+    payer_ids: list[str], period_end_ns: int, *, whole_minute_after_usage: bool = False
+) -> Callable[[BatchContext], list[Statement]]:
     """One statement per listed post-pay payer that accrued something before ``period_end_ns``.
 
+    Usage is billed at one-minute resolution: the minute holding ``period_end_ns`` goes to the
+    next statement. With ``whole_minute_after_usage``, a tab whose newest usage is before
+    ``period_end_ns`` has all of it billed, that minute included (a period closed "now").
     Closing the same period end again answers the statements it made the first time.
     """
 
@@ -78,11 +83,14 @@ def close_statements(payer_ids: list[str], period_end_ns: int) -> Callable[[Batc
                 continue
             payer = get_payer(ctx, payer_id)
             accrual = read_accrual(ctx, payer_id)
-            due = sum(amount for minute, amount in accrual.minutes if minute < cut_minute)
-            left = tuple((minute, amount) for minute, amount in accrual.minutes if minute >= cut_minute)
+            cut = cut_minute
+            if whole_minute_after_usage and accrual.last_ns < period_end_ns:
+                cut = cut_minute + 1
+            due = sum(amount for minute, amount in accrual.minutes if minute < cut)
+            left = tuple((minute, amount) for minute, amount in accrual.minutes if minute >= cut)
             if not due and len(left) == len(accrual.minutes):
                 continue
-            ctx.put_document(TAB_ACCRUAL, payer_id, encode(TabAccrual(payer_id, left)))
+            ctx.put_document(TAB_ACCRUAL, payer_id, encode(TabAccrual(payer_id, left, accrual.last_ns)))
             tab = ctx.account(chart.tab_account(payer.id, payer.ledger))
             owed = 0 if tab is None else max(0, -tab.balance)
             amount_due = min(due, owed)
@@ -98,6 +106,7 @@ def close_statements(payer_ids: list[str], period_end_ns: int) -> Callable[[Batc
                 created_at_ns=ctx.now_ns,
             )
             ctx.put_document(STATEMENT, statement.id, encode(statement))
+            index.put_owner_index(ctx, index.STATEMENT_BY_PAYER, payer_id, statement.id)
             made.append(statement)
         return made
 
@@ -126,6 +135,8 @@ def settle_statement(
         if outcome.status == "pending":
             statement = replace(statement, status="processing", settles_at_ns=outcome.settles_at_ns)
             ctx.put_document(STATEMENT, statement.id, encode(statement))
+            due_id = f"{statement.id}:{statement.attempts}"
+            index.put_due(ctx, index.STATEMENT_DUE, outcome.settles_at_ns, due_id, {"statement_id": statement.id})
             return statement
         return _conclude(ctx, statement, outcome.status == "succeeded", outcome.fee, outcome.failure_code)
 

@@ -20,6 +20,7 @@ ACCRUAL_BUCKETS_MAX = 50_000
 class TabAccrual:
     payer_id: str
     minutes: tuple[tuple[int, int], ...] = ()  # (minute since epoch, net amount accrued)
+    last_ns: int = 0  # when the newest accrual happened (a period end after it bills every bucket)
 
 
 def read_accrual(ctx: BatchContext, payer_id: str) -> TabAccrual:
@@ -27,7 +28,8 @@ def read_accrual(ctx: BatchContext, payer_id: str) -> TabAccrual:
     if body is None:
         return TabAccrual(payer_id)
     data = orjson.loads(body)
-    return TabAccrual(payer_id, tuple((int(minute), int(amount)) for minute, amount in data["minutes"]))
+    minutes = tuple((int(minute), int(amount)) for minute, amount in data["minutes"])
+    return TabAccrual(payer_id, minutes, int(data.get("last_ns", 0)))
 
 
 def accrue(ctx: BatchContext, payer_id: str, amount: int) -> None:
@@ -40,4 +42,5 @@ def accrue(ctx: BatchContext, payer_id: str, amount: int) -> None:
     buckets[minute] = buckets.get(minute, 0) + amount
     if len(buckets) > ACCRUAL_BUCKETS_MAX:
         raise Refused("tab_usage_unbilled_too_long", "close a statement for this tab first", "payer_id")
-    ctx.put_document(TAB_ACCRUAL, payer_id, encode(TabAccrual(payer_id, tuple(sorted(buckets.items())))))
+    last_ns = max(accrual.last_ns, ctx.now_ns)
+    ctx.put_document(TAB_ACCRUAL, payer_id, encode(TabAccrual(payer_id, tuple(sorted(buckets.items())), last_ns)))

@@ -46,6 +46,11 @@ class Store(Protocol):
 
     def read_document(self, kind: str, document_id: str) -> bytes | None: ...
 
+    def read_documents(self, kind: str, document_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored documents of one kind among ``document_ids`` (missing ones are left out), in
+        one read: for an operation about to look up many ids, most of them new."""
+        ...
+
     def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
         """Documents of one kind ordered by id, after ``starting_after``, at most ``limit``."""
         ...

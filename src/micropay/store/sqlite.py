@@ -45,6 +45,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+_READ_MANY_CHUNK = 8190
+"""Ids looked up per query by ``read_documents`` (passed as one JSON array)."""
+
 _DECODED_BATCHES_MAX = 16
 """Decoded batches kept for reads by timestamp (each up to 8190 transfers)."""
 
@@ -283,6 +286,18 @@ class SQLiteStore:
                 "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, document_id)
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def read_documents(self, kind: str, document_ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._mutex:
+            for start in range(0, len(document_ids), _READ_MANY_CHUNK):
+                wanted = orjson.dumps(list(document_ids[start : start + _READ_MANY_CHUNK])).decode()
+                rows = self._db.execute(
+                    "SELECT id, body FROM documents WHERE kind = ? AND id IN (SELECT value FROM json_each(?))",
+                    (kind, wanted),
+                ).fetchall()
+                found.update((str(row[0]), bytes(row[1])) for row in rows)
+        return found
 
     def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
         with self._mutex:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from itertools import count, repeat
+from operator import attrgetter, itemgetter
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
@@ -10,22 +14,26 @@ from starlette.responses import Response
 from micropay.api.auth import Admin
 from micropay.api.history import account_history
 from micropay.api.idempotency import new_id, replayed
+from micropay.api.lean import lean_post
 from micropay.api.pagination import Page
 from micropay.api.routes.docs import create_responses, read_responses, write_responses
 from micropay.api.routing import OrjsonRoute
 from micropay.api.schemas import (
     LEDGER_ID_PATTERN,
+    PLAIN_TRANSFER_FIELDS,
     BatchOut,
+    PlainColumns,
     TransferBatchIn,
     TransferIn,
     TransferList,
     TransferOut,
     metadata_pairs,
+    plain_transfer_columns,
 )
 from micropay.api.serialise import JsonResponse, created, render_transfer
-from micropay.api.services import get_engine
+from micropay.api.services import get_engine, get_services
 from micropay.errors import InvalidRequest, InvariantViolation, NotFound
-from micropay.ledger import TRANSFER_FLAG_NAMES, TransferFlags, TransferRequest, outcome_codes
+from micropay.ledger import TRANSFER_FLAG_NAMES, Result, TransferFlags, TransferRequest, outcome_codes
 from micropay.ledger.limits import LEDGER_ID_LENGTH_MAX
 
 router = APIRouter(prefix="/v1/transfers", tags=["transfers"], route_class=OrjsonRoute)
@@ -37,6 +45,41 @@ TransferIdPath = Annotated[
 
 _FLAG_BITS = {name: int(bit) for name, bit in TRANSFER_FLAG_NAMES.items()}
 _RESOLVING = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+
+
+_PLAIN_FIELD_GETTERS = tuple(map(itemgetter, PLAIN_TRANSFER_FIELDS))
+_request_id = attrgetter("id")
+_new_request = cast(Callable[[Iterable[object]], TransferRequest], partial(tuple.__new__, TransferRequest))
+"""``TransferRequest._make`` without its Python-level call (the ten fields come as one tuple)."""
+_RESULT_TEXT = {result: result.value for result in Result}
+"""A result's text (a plain str keeps the answer's many small dicts out of the cycle collector)."""
+
+
+class PlainTransfers(list[TransferIn]):
+    """Transfers ``plain_transfer_columns`` vouched for, with the columns it made of them."""
+
+    def __init__(self, items: list[TransferIn], columns: PlainColumns) -> None:
+        super().__init__(items)
+        self.columns = columns
+
+
+def to_requests(items: Sequence[TransferIn]) -> list[TransferRequest]:
+    """``[to_request(item, index) for index, item in enumerate(items)]``, made in C-speed passes
+    over the fields when every transfer is plain: exactly an id, the two accounts, an amount
+    and a ledger, none of them null (the other fields then take their defaults)."""
+    size = len(items)
+    columns: PlainColumns | None = items.columns if isinstance(items, PlainTransfers) else None
+    if columns is None and size and sum(map(len, items)) == len(PLAIN_TRANSFER_FIELDS) * size:
+        try:
+            columns = tuple(tuple(map(getter, items)) for getter in _PLAIN_FIELD_GETTERS)
+        except KeyError:
+            columns = None
+        if columns is not None and any(None in column for column in columns):
+            columns = None
+    if columns is None:
+        return [to_request(item, index) for index, item in enumerate(items)]
+    defaults = (repeat(0, size), repeat(0, size), repeat("", size), repeat(0, size), repeat((), size))
+    return list(map(_new_request, zip(*columns, *defaults, strict=True)))
 
 
 def to_request(item: TransferIn, index: int | None = None) -> TransferRequest:
@@ -72,26 +115,48 @@ def to_request(item: TransferIn, index: int | None = None) -> TransferRequest:
     )
 
 
-@router.post("", status_code=201, response_model=TransferOut, responses=create_responses(TransferOut))
+_COLUMN_CHECK_TRANSFERS_MIN = 32
+"""From about this many transfers the column-wise check beats the model's item by item (below,
+the model is as quick: ``POST /v1/transfers`` has no such shortcut)."""
+
+
+def _plain_batch(body: object) -> TransferBatchIn | None:
+    """The body as a model without validating it again, if every transfer is plain and valid."""
+    if type(body) is not dict or len(body) != 1:
+        return None
+    transfers = body.get("transfers")
+    if type(transfers) is not list or len(transfers) < _COLUMN_CHECK_TRANSFERS_MIN:
+        return None
+    columns = plain_transfer_columns(transfers)
+    if columns is None:
+        return None
+    return TransferBatchIn.model_construct(transfers=PlainTransfers(cast(list[TransferIn], transfers), columns))
+
+
+@lean_post(router, "", status_code=201, response_model=TransferOut, responses=create_responses(TransferOut))
 async def create_transfer(body: TransferIn, request: Request, _caller: Admin) -> Response:
     """Move money (or reserve, post or void a pending amount). A refusal's ``error.code`` is the result code."""
     transfer_request = to_request(body)
-    [(result, transfer)] = await get_engine(request).create_transfers_async([transfer_request])
+    services = get_services(request)
+    if services.transfers is not None:
+        result, transfer = await services.transfers.create_transfer(transfer_request)
+    else:
+        [(result, transfer)] = await services.engine.create_transfers_async([transfer_request])
     is_replay = replayed(result)
     if transfer is None:
         raise InvariantViolation(f"transfer {transfer_request.id}: {result} without the transfer")
     return created(render_transfer(transfer), replayed=is_replay)
 
 
-@router.post("/batch", response_model=BatchOut, responses=write_responses())
+@lean_post(router, "/batch", fast_validator=_plain_batch, response_model=BatchOut, responses=write_responses())
 async def create_transfer_batch(body: TransferBatchIn, request: Request, _caller: Admin) -> Response:
     """Up to 8190 transfers in order, independent unless chained by ``linked``; one result each."""
-    requests = [to_request(item, index) for index, item in enumerate(body.transfers)]
+    requests = to_requests(body.transfers)
     outcomes = await get_engine(request).create_transfers_async(requests)
-    codes = outcome_codes(outcomes)
+    texts = map(_RESULT_TEXT.__getitem__, outcome_codes(outcomes))
     results = [
-        {"index": index, "id": transfer_request.id, "result": code.value}
-        for index, (transfer_request, code) in enumerate(zip(requests, codes, strict=True))
+        {"index": index, "id": transfer_id, "result": text}
+        for index, transfer_id, text in zip(count(), map(_request_id, requests), texts, strict=False)
     ]
     return JsonResponse({"results": results})
 

@@ -1,0 +1,404 @@
+"""``micropay bench charges``: durable charges per second.
+
+In process: one engine on a fresh SQLite file (WAL, synchronous=FULL), ``threads`` threads each
+submitting its share of the charges and keeping up to ``in_flight`` unanswered, first through
+the charge batcher (concurrent charges share ``charge_many`` operations; the headline
+``charges_per_s``), then one engine operation per charge (``charges_per_s_one_op_each``). Every
+charge must succeed, the ledger must verify, and the money must add up.
+
+Over HTTP: a real ``micropay serve`` process, ``connections`` keep-alive clients each sending
+single ``POST /v1/charges`` for ``duration_s`` (``http_charges_per_s``, p50/p99 latency), then
+two clients sending ``POST /v1/charges/batch`` of 1000 charges (``http_batch_charges_per_s``).
+
+Where the time goes is reported from the engine's counters: ``apply_us_per_charge`` (business
+rules and ledger, in memory, one thread) and ``write_us_per_charge`` (the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from micropay.bench.http import _call, free_port, start_server, stop_server
+from micropay.bench.report import Reporter
+from micropay.engine import Engine
+from micropay.errors import MicropayError
+from micropay.models import chart, payments
+from micropay.models.charge_batcher import ChargeBatcher
+from micropay.models.payments import ChargeRequest, MerchantRequest, Outcome, PayerRequest, TopupRequest
+from micropay.models.records import Charge
+from micropay.settlement.rails import Rails
+from micropay.store import SQLiteStore
+
+LEDGER = "USD"
+FEE_BPS = 250
+FUNDING = 10**12
+"""What each payer's wallet is topped up with: no charge of the run can be declined."""
+AMOUNT_MAX = 500
+LOOPBACK = "127.0.0.1"
+RESPONSE_BYTES_MAX = 1 << 20
+
+
+# ----------------------------------------------------------------- in process
+def _setup(engine: Engine, rails: Rails, payers: int, merchants: int) -> None:
+    engine.create_ledger(LEDGER, 2)
+    futures: list[Future[Any]] = []
+    for i in range(payers):
+        futures.append(engine.submit(payments.create_payer(PayerRequest(f"payer-{i}", LEDGER, "prepay"), rails)))
+    for i in range(merchants):
+        request = MerchantRequest(f"merchant-{i}", LEDGER, fee_percent_bps=FEE_BPS)
+        futures.append(engine.submit(payments.create_merchant(request, rails)))
+    for future in futures:
+        future.result()
+    topups = [
+        engine.submit(payments.topup(TopupRequest(f"fund-{i}", f"payer-{i}", FUNDING, "card"), rails))
+        for i in range(payers)
+    ]
+    for future in topups:
+        future.result()
+
+
+def make_charges(count: int, payers: int, merchants: int, seed: int, prefix: str) -> list[ChargeRequest]:
+    rng = random.Random(seed)
+    return [
+        ChargeRequest(
+            f"{prefix}{i:09d}",
+            f"payer-{rng.randrange(payers)}",
+            f"merchant-{rng.randrange(merchants)}",
+            rng.randrange(1, AMOUNT_MAX),
+        )
+        for i in range(count)
+    ]
+
+
+Submit = Callable[[ChargeRequest], "Future[Outcome[Charge]]"]
+
+
+def _drive(submit: Submit, work: list[ChargeRequest], threads: int, in_flight: int) -> tuple[float, int]:
+    """Submit ``work`` from ``threads`` threads, each keeping up to ``in_flight`` charges
+    unanswered; answers the seconds taken and how many charges failed."""
+    failures = [0] * threads
+    slices = [work[i::threads] for i in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        waiting: deque[Future[Outcome[Charge]]] = deque()
+        failed = 0
+        start.wait()
+        for request in slices[index]:
+            waiting.append(submit(request))
+            if len(waiting) >= in_flight:
+                failed += waiting.popleft().exception() is not None
+        while waiting:
+            failed += waiting.popleft().exception() is not None
+        failures[index] = failed
+
+    workers = [threading.Thread(target=worker, args=(i,), name=f"bench-charges-{i}") for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in workers:
+        thread.join()
+    return time.perf_counter() - started, sum(failures)
+
+
+def _engine_cpu_s() -> float:
+    """CPU seconds the engine thread has used (it runs every batch: rules, ledger, store)."""
+    for thread in threading.enumerate():
+        if thread.name == "micropay-engine" and thread.ident is not None:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    raise MicropayError("no engine thread")
+
+
+def _check_books(engine: Engine, payers: int, charged: int) -> None:
+    """The ledger verifies, and the payers' wallets lost exactly what was charged."""
+    engine.verify()
+    spent = sum(FUNDING - _balance(engine, chart.wallet_account(f"payer-{i}", LEDGER)) for i in range(payers))
+    if spent != charged:
+        raise MicropayError(f"wallets lost {spent}, the charges total {charged}")
+
+
+def _balance(engine: Engine, account_id: str) -> int:
+    account = engine.account(account_id)
+    if account is None:
+        raise MicropayError(f"account {account_id} is missing")
+    return account.balance
+
+
+def run_in_process(
+    report: Reporter,
+    directory: Path,
+    *,
+    charges: int,
+    payers: int,
+    merchants: int,
+    threads: int,
+    in_flight: int,
+    one_op_charges: int,
+) -> None:
+    rails = Rails()
+    engine = Engine(SQLiteStore(directory / "charges.db"))
+    try:
+        _setup(engine, rails, payers, merchants)
+        batched = make_charges(charges, payers, merchants, seed=1, prefix="b")
+        alone = make_charges(one_op_charges, payers, merchants, seed=2, prefix="s")
+        gc.collect()
+        gc.freeze()
+
+        batcher = ChargeBatcher(engine)
+        before = engine.stats
+        batches, apply_s, write_s = before.batches, before.apply_s, before.write_s
+        engine_cpu_s, process_cpu_s = _engine_cpu_s(), time.process_time()
+        elapsed, failed = _drive(batcher.submit, batched, threads, in_flight)
+        if failed:
+            raise MicropayError(f"{failed} benchmark charges failed")
+        engine_cpu_s, process_cpu_s = _engine_cpu_s() - engine_cpu_s, time.process_time() - process_cpu_s
+        stats = engine.stats
+        report.figure("charges_per_s", charges / elapsed, "1/s")
+        report.figure("elapsed_s", elapsed, "s")
+        report.figure("operations", batcher.operations, "1")
+        report.figure("batches", stats.batches - batches, "1")
+        report.figure("apply_us_per_charge", (stats.apply_s - apply_s) / charges * 1e6, "us")
+        report.figure("write_us_per_charge", (stats.write_s - write_s) / charges * 1e6, "us")
+        report.figure("engine_cpu_us_per_charge", engine_cpu_s / charges * 1e6, "us")
+        report.figure("process_cpu_us_per_charge", process_cpu_s / charges * 1e6, "us")
+
+        if one_op_charges:
+            elapsed, failed = _drive(lambda request: engine.submit(payments.charge(request)), alone, threads, in_flight)
+            if failed:
+                raise MicropayError(f"{failed} benchmark charges failed")
+            report.figure("charges_per_s_one_op_each", one_op_charges / elapsed, "1/s")
+        gc.unfreeze()
+        _check_books(engine, payers, sum(request.amount for request in (*batched, *alone)))
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------- over HTTP
+def _setup_http(port: int, key: str, payers: int, merchants: int) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = [("/v1/ledgers", {"code": LEDGER, "scale": 2})]
+    calls += [("/v1/payers", {"id": f"payer-{i}", "ledger": LEDGER, "mode": "prepay"}) for i in range(payers)]
+    calls += [
+        ("/v1/merchants", {"id": f"merchant-{i}", "ledger": LEDGER, "fee": {"percent_bps": FEE_BPS, "fixed": 0}})
+        for i in range(merchants)
+    ]
+    calls += [
+        (f"/v1/payers/payer-{i}/topups", {"id": f"fund-{i}", "amount": FUNDING, "rail": "card"}) for i in range(payers)
+    ]
+    for path, body in calls:
+        status, answer = _call(port, key, "POST", path, body)
+        if status not in (200, 201):
+            raise MicropayError(f"POST {path} answered {status}: {answer}")
+
+
+class _ChargeClient(asyncio.Protocol):
+    """One keep-alive connection sending single charges until the deadline, one at a time."""
+
+    def __init__(
+        self, requests: Callable[[], bytes], deadline: float, done: asyncio.Future[None], *, batch: bool = False
+    ) -> None:
+        self.batch = batch
+        self.charges_ok = 0
+        self._requests = requests
+        self._deadline = deadline
+        self._done = done
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._started = 0.0
+        self.latencies_s: list[float] = []
+        self.statuses: dict[int, int] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        if self._transport is None:
+            return
+        if time.perf_counter() >= self._deadline:
+            self._transport.close()
+            return
+        self._started = time.perf_counter()
+        self._transport.write(self._requests())
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else len(head)])
+        if length > RESPONSE_BYTES_MAX:
+            raise MicropayError("response over the bound")
+        if len(buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies_s.append(time.perf_counter() - self._started)
+        if status == 200 and self.batch:
+            answer = orjson.loads(bytes(buffer[end + 4 : end + 4 + length]))
+            self.charges_ok += sum(1 for item in answer["results"] if item["result"] == "ok")
+        elif status == 201:
+            self.charges_ok += 1
+        del buffer[: end + 4 + length]
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+def _request_maker(
+    key: str, index: int, payers: int, merchants: int, seed: int, batch_size: int = 0
+) -> Callable[[], bytes]:
+    """Single charges (``batch_size`` 0) or batches of ``batch_size`` for ``POST /v1/charges/batch``."""
+    rng = random.Random(seed * 1000 + index)
+    path = "/v1/charges/batch" if batch_size else "/v1/charges"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: "
+    ).encode()
+    sequence = 0
+
+    def one() -> dict[str, object]:
+        nonlocal sequence
+        sequence += 1
+        return {
+            "id": f"h{seed}-{index}-{sequence}",
+            "payer_id": f"payer-{rng.randrange(payers)}",
+            "merchant_id": f"merchant-{rng.randrange(merchants)}",
+            "amount": rng.randrange(1, AMOUNT_MAX),
+        }
+
+    def make() -> bytes:
+        body = orjson.dumps({"charges": [one() for _ in range(batch_size)]} if batch_size else one())
+        return b"%s%d\r\n\r\n%s" % (head, len(body), body)
+
+    return make
+
+
+async def _load(
+    port: int, key: str, connections: int, duration_s: float, payers: int, merchants: int, batch_size: int = 0
+) -> tuple[float, list[_ChargeClient]]:
+    loop = asyncio.get_running_loop()
+    deadline = time.perf_counter() + duration_s
+    clients: list[_ChargeClient] = []
+    waits: list[asyncio.Future[None]] = []
+    started = time.perf_counter()
+    for index in range(connections):
+        done: asyncio.Future[None] = loop.create_future()
+        make = _request_maker(key, index, payers, merchants, int(started) + batch_size, batch_size)
+        client = _ChargeClient(make, deadline, done, batch=batch_size > 0)
+        clients.append(client)
+        waits.append(done)
+        await loop.create_connection(lambda client=client: client, LOOPBACK, port)  # type: ignore[misc]
+    await asyncio.gather(*waits)
+    return time.perf_counter() - started, clients
+
+
+def _statuses(clients: list[_ChargeClient]) -> dict[int, int]:
+    statuses: dict[int, int] = {}
+    for client in clients:
+        for status, count in client.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    return statuses
+
+
+def run_http(
+    report: Reporter,
+    directory: Path,
+    *,
+    connections: int,
+    duration_s: float,
+    payers: int,
+    merchants: int,
+    batch_connections: int = 2,
+    batch_size: int = 1000,
+) -> None:
+    port = free_port()
+    server, key = start_server(directory, port)
+    try:
+        _setup_http(port, key, payers, merchants)
+        elapsed, clients = asyncio.run(_load(port, key, connections, duration_s, payers, merchants))
+        batch_elapsed, batch_clients = 0.0, list[_ChargeClient]()
+        if batch_connections:
+            batch_elapsed, batch_clients = asyncio.run(
+                _load(port, key, batch_connections, duration_s, payers, merchants, batch_size)
+            )
+    finally:
+        stop_server(server)
+    statuses = _statuses(clients)
+    report.note(f"single charges, statuses: {statuses}")
+    created = sum(client.charges_ok for client in clients)
+    if created != sum(statuses.values()):
+        raise MicropayError(f"some HTTP charges failed: {statuses}")
+    latencies = sorted(latency for client in clients for latency in client.latencies_s)
+    report.figure("http_charges_per_s", created / elapsed, "1/s")
+    if latencies:
+        report.figure("http_p50_ms", latencies[len(latencies) // 2] * 1e3, "ms")
+        report.figure("http_p99_ms", latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3, "ms")
+    if batch_clients:
+        statuses = _statuses(batch_clients)
+        report.note(f"batches of {batch_size}, statuses: {statuses}")
+        made = sum(client.charges_ok for client in batch_clients)
+        if statuses.get(200, 0) != sum(statuses.values()) or made != statuses.get(200, 0) * batch_size:
+            raise MicropayError(f"some HTTP batch charges failed: {statuses}, {made} made")
+        report.figure("http_batch_charges_per_s", made / batch_elapsed, "1/s")
+
+
+def bench_charges(
+    report: Reporter,
+    *,
+    charges: int = 200_000,
+    payers: int = 1000,
+    merchants: int = 100,
+    threads: int = 8,
+    in_flight: int = 512,
+    one_op_charges: int = 50_000,
+    http: bool = True,
+    connections: int = 64,
+    duration_s: float = 10.0,
+    http_payers: int = 100,
+    directory: str | None = None,
+) -> None:
+    report.note(
+        f"in process: {charges:,} charges ({one_op_charges:,} more one operation each) by {threads} threads,"
+        f" {payers:,} prepay payers, {merchants} merchants, fee {FEE_BPS} bps"
+    )
+    with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-charges-") as tmp:
+        run_in_process(
+            report,
+            Path(tmp),
+            charges=charges,
+            payers=payers,
+            merchants=merchants,
+            threads=threads,
+            in_flight=in_flight,
+            one_op_charges=one_op_charges,
+        )
+    if http:
+        report.note(f"over HTTP: {connections} connections sending single charges for {duration_s:g} s")
+        with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-charges-http-") as tmp:
+            run_http(
+                report,
+                Path(tmp),
+                connections=connections,
+                duration_s=duration_s,
+                payers=http_payers,
+                merchants=min(merchants, http_payers),
+            )
