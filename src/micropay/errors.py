@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class MicropayError(Exception):
     """Base of all Micropay errors."""
@@ -28,6 +30,16 @@ class StoreError(MicropayError):
 
 class StoreLockedError(StoreError):
     """Another engine already writes this database."""
+
+
+class BatchConflict(StoreError):
+    """A concurrent writer held or wrote the same rows (deadlock, duplicate id): the engine
+    retries the whole batch on fresh reads, so no caller sees this unless retries run out.
+    ``transfer_ids`` are ids the failed attempt tried to create (the next one reads them first)."""
+
+    def __init__(self, message: str, transfer_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.transfer_ids = tuple(transfer_ids)
 
 
 class StoreSchemaError(StoreError):

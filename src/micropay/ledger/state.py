@@ -6,16 +6,21 @@ transfer is read back through the ``fetch_transfer`` port the owner passes in.
 A batch runs as: ``begin(now_ns)``, any number of ``create_*``/``set_credit_limit`` calls,
 then ``journal()`` (what to persist) and ``commit()`` once it is durable, or ``rollback()``
 to return memory to what it was at ``begin``.
+
+Two more ports let one state be a partial view of a shared database for a single batch (the
+multi-writer engine): a ``StateLoader`` that hands over committed rows the state has not seen
+(read under the caller's locks), and a ``TimestampSource`` that reserves unique timestamps.
+Without them the state is the whole ledger, kept in memory.
 """
 
 from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import cast
+from typing import Protocol, cast
 
 from micropay.errors import InvariantViolation, require
 from micropay.ledger.limits import AMOUNT_MAX, BALANCE_MAX, CREDIT_LIMIT_MAX, NS_PER_S
@@ -23,6 +28,8 @@ from micropay.ledger.types import (
     Account,
     AccountFlags,
     AccountRequest,
+    AccountRow,
+    BalanceRow,
     Ledger,
     PendingStatus,
     PlainOutcomes,
@@ -54,6 +61,28 @@ TransferOutcome = tuple[Result, Transfer | None]
 FetchTransfer = Callable[[str, int], Transfer | None]
 """Reads a durable transfer back by its id and locator (see ``LedgerState.transfer_locator``)."""
 
+TimestampSource = Callable[[int, int], int]
+"""``(count, now_ns)`` to the first of at least ``count`` consecutive timestamps no other writer
+uses, each above ``now_ns``-ish and above every timestamp handed out before."""
+
+TIMESTAMP_BLOCK_MIN = 1024
+"""Fewest timestamps asked of a ``TimestampSource`` at once."""
+
+_TIMESTAMP_UNBOUNDED = 2**63
+"""The end of the timestamp range when the state owns the whole ledger (no source)."""
+
+
+class StateLoader(Protocol):
+    """Committed rows a partial state has not seen yet, read under the caller's locks."""
+
+    def ledger(self, code: str) -> Ledger | None: ...
+
+    def account(self, account_id: str) -> Account | None: ...
+
+    def transfer(self, transfer_id: str) -> tuple[Transfer, PendingStatus | None] | None:
+        """A stored transfer and, for a pending one, its status now."""
+        ...
+
 
 class _AccountState:
     """Mutable running totals of one account; only the state machine touches it."""
@@ -82,6 +111,24 @@ class _AccountState:
         self.credits_posted = 0
         self.debits_pending = 0
         self.credits_pending = 0
+
+    @classmethod
+    def seeded(cls, row: AccountRow) -> _AccountState:
+        """An account as committed, totals included (a partial state's view of a stored row)."""
+        state = cls.__new__(cls)
+        (
+            state.id,
+            state.ledger,
+            state.flags,
+            state.credit_limit,
+            state.debits_posted,
+            state.credits_posted,
+            state.debits_pending,
+            state.credits_pending,
+            state.timestamp,
+            state.metadata,
+        ) = row
+        return state
 
     def snapshot(self) -> Account:
         return Account(
@@ -159,10 +206,21 @@ def expires_at_ns(transfer: Transfer) -> int:
 class LedgerState:
     """All ledgers, accounts, transfer ids and pending transfers, with batch undo."""
 
-    def __init__(self, fetch_transfer: FetchTransfer, *, plain_batch_fast_path: bool = True) -> None:
-        """``plain_batch_fast_path=False`` forces the exact sequential path (tests compare the two)."""
+    def __init__(
+        self,
+        fetch_transfer: FetchTransfer,
+        *,
+        plain_batch_fast_path: bool = True,
+        loader: StateLoader | None = None,
+        timestamp_source: TimestampSource | None = None,
+    ) -> None:
+        """``plain_batch_fast_path=False`` forces the exact sequential path (tests compare the two).
+        ``loader`` and ``timestamp_source`` make this a partial view (see the module docstring)."""
         self._fetch = fetch_transfer
         self._fast_path = plain_batch_fast_path
+        self._loader = loader
+        self._timestamp_source = timestamp_source
+        self._timestamp_end = _TIMESTAMP_UNBOUNDED if timestamp_source is None else 0
         self._ledgers: dict[str, Ledger] = {}
         self._accounts: dict[str, _AccountState] = {}
         self._ids: dict[str, int] = {}  # transfer id -> locator
@@ -183,14 +241,33 @@ class LedgerState:
         return self._last_timestamp
 
     def ledger(self, code: str) -> Ledger | None:
-        return self._ledgers.get(code)
+        found = self._ledgers.get(code)
+        return found if found is not None or self._loader is None else self._load_ledger(code)
 
     def ledgers(self) -> list[Ledger]:
         return sorted(self._ledgers.values(), key=lambda ledger: ledger.code)
 
     def account(self, account_id: str) -> Account | None:
-        state = self._accounts.get(account_id)
+        state = self._account_state(account_id)
         return None if state is None else state.snapshot()
+
+    def changed_balances(self, seeded: Iterable[AccountRow]) -> list[BalanceRow]:
+        """Of these accounts as seeded, the ones whose credit limit or totals differ now."""
+        accounts = self._accounts
+        changed: list[BalanceRow] = []
+        for before in seeded:
+            state = accounts[before[0]]
+            now = (
+                before[0],
+                state.credit_limit,
+                state.debits_posted,
+                state.credits_posted,
+                state.debits_pending,
+                state.credits_pending,
+            )
+            if now[1:] != (before[3], before[4], before[5], before[6], before[7]):
+                changed.append(now)
+        return changed
 
     def account_ids(self) -> list[str]:
         return list(self._accounts)
@@ -201,7 +278,10 @@ class LedgerState:
         Batches applied whole share one locator (their first timestamp), so indexing a batch
         allocates nothing per transfer; the store finds the transfer inside that batch.
         """
-        return self._ids.get(transfer_id)
+        found = self._ids.get(transfer_id)
+        if found is None and self._loader is not None and self._load_transfer(transfer_id):
+            found = self._ids.get(transfer_id)
+        return found
 
     def transfer_count(self) -> int:
         return len(self._ids)
@@ -253,12 +333,119 @@ class LedgerState:
         self._rollback_to(mark)
 
     def _next_timestamp(self) -> int:
+        if self._last_timestamp + 1 >= self._timestamp_end:
+            self._reserve_timestamps(1)
         self._last_timestamp += 1
         return self._last_timestamp
 
+    def _reserve_timestamps(self, count: int) -> None:
+        """Take a fresh block of timestamps from the source (a partial state only)."""
+        source = self._timestamp_source
+        if source is None:
+            raise InvariantViolation("timestamps exhausted without a source")
+        block = max(count, TIMESTAMP_BLOCK_MIN)
+        first = source(block, self._now_ns)
+        require(first > self._last_timestamp, "timestamp source went backwards")
+        self._last_timestamp = first - 1
+        self._timestamp_end = first + block
+
+    # ----------------------------------------------------------------- loading (partial state)
+    def _account_state(self, account_id: str) -> _AccountState | None:
+        state = self._accounts.get(account_id)
+        if state is None and self._loader is not None:
+            state = self._load_account(account_id)
+        return state
+
+    def _loader_or_fail(self) -> StateLoader:
+        if self._loader is None:
+            raise InvariantViolation("a state that owns the whole ledger has nothing to load")
+        return self._loader
+
+    def _load_ledger(self, code: str) -> Ledger | None:
+        ledger = self._loader_or_fail().ledger(code)
+        if ledger is not None:
+            self._ledgers[code] = ledger
+        return ledger
+
+    def _load_account(self, account_id: str) -> _AccountState | None:
+        account = self._loader_or_fail().account(account_id)
+        if account is None:
+            return None
+        require(account.id == account_id, "loader answered another account")
+        return self._seed_account_state(
+            (
+                account.id,
+                account.ledger,
+                account.flags,
+                account.credit_limit,
+                account.debits_posted,
+                account.credits_posted,
+                account.debits_pending,
+                account.credits_pending,
+                account.timestamp,
+                account.metadata,
+            )
+        )
+
+    def _seed_account_state(self, row: AccountRow) -> _AccountState:
+        state = _AccountState.seeded(row)
+        if state.ledger not in self._ledgers:
+            require(self._load_ledger(state.ledger) is not None, f"account {state.id}: ledger missing")
+        if state.flags & (_DMNEC | _CMNED) or state.credits_pending < 0 or state.debits_pending < 0:
+            state.check_limits()
+        self._add_account(state)
+        self._totals_bound = max(
+            self._totals_bound,
+            state.debits_posted + state.debits_pending,
+            state.credits_posted + state.credits_pending,
+        )
+        return state
+
+    def _load_transfer(self, transfer_id: str) -> bool:
+        """Seed a stored transfer (and, if pending, its accounts and status); False if none."""
+        found = self._loader_or_fail().transfer(transfer_id)
+        if found is None:
+            return False
+        self.seed_transfer(*found)
+        return True
+
+    def seed_ledger(self, ledger: Ledger) -> None:
+        """Make a committed ledger known without journaling it (partial state)."""
+        self._ledgers.setdefault(ledger.code, ledger)
+
+    def seed_accounts(self, rows: Iterable[AccountRow]) -> None:
+        """Make committed accounts (with their totals) known without journaling them."""
+        self._loader_or_fail()
+        accounts = self._accounts
+        for row in rows:
+            if row[0] not in accounts:
+                self._seed_account_state(row)
+
+    def seed_transfer(self, transfer: Transfer, status: PendingStatus | None) -> None:
+        """Make a committed transfer known (its id, and a pending one's status) without
+        journaling it. A pending transfer still open past its timeout expires in this batch."""
+        self._loader_or_fail()
+        if transfer.id in self._ids:
+            return
+        self._ids[transfer.id] = transfer.timestamp
+        if not transfer.flags & _PENDING:
+            return
+        require(status is not None, f"pending transfer {transfer.id} loaded without a status")
+        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
+            require(self._account_state(account_id) is not None, f"transfer {transfer.id}: account missing")
+        pending = _PendingState(transfer)
+        pending.status = cast(PendingStatus, status)
+        self._pending[transfer.id] = pending
+        if pending.status is PendingStatus.PENDING:
+            expires_at = expires_at_ns(transfer)
+            if expires_at:
+                heapq.heappush(self._expiry, (expires_at, transfer.timestamp, transfer.id))
+                if expires_at <= self._now_ns:
+                    self._expire_due(self._now_ns)
+
     # ----------------------------------------------------------------- ledgers and accounts
     def create_ledger(self, code: str, scale: int) -> tuple[Result, Ledger]:
-        existing = self._ledgers.get(code)
+        existing = self.ledger(code)
         if existing is not None:
             same = existing.scale == scale
             return (_EXISTS if same else Result.EXISTS_WITH_DIFFERENT_FIELDS), existing
@@ -268,7 +455,7 @@ class LedgerState:
         return _OK, ledger
 
     def create_account(self, request: AccountRequest) -> tuple[Result, Account | None]:
-        existing = self._accounts.get(request.id)
+        existing = self._account_state(request.id)
         if existing is not None:
             same = (
                 existing.ledger == request.ledger
@@ -278,7 +465,7 @@ class LedgerState:
             return (_EXISTS if same else Result.EXISTS_WITH_DIFFERENT_FIELDS), existing.snapshot()
         if request.flags & _DMNEC and request.flags & _CMNED:
             return Result.FLAGS_ARE_MUTUALLY_EXCLUSIVE, None
-        if request.ledger not in self._ledgers:
+        if self.ledger(request.ledger) is None:
             return Result.LEDGER_NOT_FOUND, None
         state = _AccountState(request, self._next_timestamp())
         self._add_account(state)
@@ -300,7 +487,7 @@ class LedgerState:
 
     def set_credit_limit(self, account_id: str, credit_limit: int) -> tuple[Result, Account | None]:
         """Change an account's credit limit; never below what is already used against it."""
-        state = self._accounts.get(account_id)
+        state = self._account_state(account_id)
         if state is None:
             return Result.ACCOUNT_NOT_FOUND, None
         require(0 <= credit_limit <= CREDIT_LIMIT_MAX, "credit limit out of range")
@@ -381,6 +568,8 @@ class LedgerState:
             )
             if limited is None:  # an account might run out of room: only the exact path can tell
                 return None
+        if self._last_timestamp + count >= self._timestamp_end:
+            self._reserve_timestamps(count)
         start = self._last_timestamp + 1
         stamps = range(start, start + count)
         known_before = len(known)
@@ -464,8 +653,8 @@ class LedgerState:
 
     def _existing(self, request: TransferRequest, locator: int) -> TransferOutcome:
         stored: Transfer | None = None
-        if locator > self._committed_timestamp:  # applied earlier in this batch
-            transfers = self._journal.transfers
+        transfers = self._journal.transfers
+        if locator > self._committed_timestamp and request.id in transfers.columns[0]:  # applied in this batch
             stored = transfers[transfers.columns[0].index(request.id)]
         else:
             stored = self._fetch(request.id, locator)
@@ -474,6 +663,8 @@ class LedgerState:
         pending_amount: int | None = None
         if stored.flags & _POST:
             pending = self._pending.get(stored.pending_id)
+            if pending is None and self._loader is not None and self._load_transfer(stored.pending_id):
+                pending = self._pending.get(stored.pending_id)
             pending_amount = None if pending is None else pending.transfer.amount
         if same_request(request, stored, pending_amount):
             return _EXISTS, stored
@@ -503,10 +694,14 @@ class LedgerState:
         accounts = self._accounts
         dr = accounts.get(debit_id)
         if dr is None:
-            return Result.DEBIT_ACCOUNT_NOT_FOUND, None
+            dr = self._account_state(debit_id)
+            if dr is None:
+                return Result.DEBIT_ACCOUNT_NOT_FOUND, None
         cr = accounts.get(credit_id)
         if cr is None:
-            return Result.CREDIT_ACCOUNT_NOT_FOUND, None
+            cr = self._account_state(credit_id)
+            if cr is None:
+                return Result.CREDIT_ACCOUNT_NOT_FOUND, None
         ledger = request.ledger
         if dr.ledger != ledger or cr.ledger != ledger:
             return Result.LEDGER_MISMATCH, None
@@ -531,7 +726,7 @@ class LedgerState:
         if credits > BALANCE_MAX:
             return Result.OVERFLOWS_CREDITS, None
 
-        timestamp = self._last_timestamp = self._last_timestamp + 1
+        timestamp = self._next_timestamp()
         transfer: Transfer = _new_transfer(  # Transfer(...) without its Python-level __new__
             Transfer,
             (
@@ -583,6 +778,9 @@ class LedgerState:
         if request.timeout_s:
             return Result.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, None
         state = self._pending.get(pending_id)
+        if state is None and self._loader is not None and pending_id not in self._ids:
+            self._load_transfer(pending_id)
+            state = self._pending.get(pending_id)
         if state is None:
             if pending_id in self._ids:
                 return Result.PENDING_TRANSFER_NOT_PENDING, None

@@ -10,6 +10,13 @@ from typing import Any, NamedTuple, overload
 Metadata = tuple[tuple[str, str], ...]
 """Metadata as sorted (key, value) pairs: immutable and comparable."""
 
+AccountRow = tuple[str, str, int, int, int, int, int, int, int, Metadata]
+"""An account as a plain tuple in ``Account``'s field order (how a shared store hands over
+thousands of them per batch without building an object each)."""
+
+BalanceRow = tuple[str, int, int, int, int, int]
+"""What a batch changes on a stored account: id, credit limit and the four totals."""
+
 
 class TransferFlags(enum.IntFlag):
     NONE = 0

@@ -22,22 +22,10 @@ class Document:
 
 
 class Store(Protocol):
-    """Durable home of the ledger. One ``write`` is one transaction, synced before it returns."""
-
-    def load(self) -> Iterator[Journal]:
-        """Every committed change, oldest first, for the engine to replay at start."""
-        ...
-
-    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
-        """Persist one batch atomically and durably, or raise StoreError having written nothing."""
-        ...
+    """Durable home of the ledger: what every store answers, whoever writes it."""
 
     def read_transfer(self, transfer_id: str, locator: int) -> Transfer | None:
         """The transfer ``transfer_id`` in the batch holding timestamp ``locator``."""
-        ...
-
-    def read_transfers(self, timestamps: Sequence[int]) -> list[Transfer]:
-        """Transfers by timestamp, in the order asked; unknown timestamps are left out."""
         ...
 
     def account_transfers(self, account_id: str, limit: int, before_timestamp: int | None) -> list[Transfer]:
@@ -56,3 +44,16 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class LogStore(Store, Protocol):
+    """A store with one writer engine, which keeps the ledger in memory and logs each batch.
+    One ``write`` is one transaction, synced before it returns."""
+
+    def load(self) -> Iterator[Journal]:
+        """Every committed change, oldest first, for the engine to replay at start."""
+        ...
+
+    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
+        """Persist one batch atomically and durably, or raise StoreError having written nothing."""
+        ...

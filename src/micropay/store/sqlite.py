@@ -24,26 +24,7 @@ from micropay.ledger import Account, Journal, Ledger, Transfer
 from micropay.ledger.types import TransferColumns
 from micropay.store.base import Document
 from micropay.store.codec import decode_batch, encode_batch
-
-SCHEMA_VERSION = 1
-
-# Forward migrations: index i brings a database from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE ledgers (code TEXT PRIMARY KEY, scale INTEGER NOT NULL, timestamp INTEGER NOT NULL)",
-        """CREATE TABLE accounts (
-            id TEXT PRIMARY KEY, ledger TEXT NOT NULL, flags INTEGER NOT NULL,
-            credit_limit INTEGER NOT NULL, timestamp INTEGER NOT NULL, metadata TEXT NOT NULL)""",
-        """CREATE TABLE batches (
-            seq INTEGER PRIMARY KEY, first_ts INTEGER, last_ts INTEGER,
-            transfer_count INTEGER NOT NULL, body BLOB NOT NULL)""",
-        "CREATE INDEX batches_first_ts ON batches (first_ts)",
-        """CREATE TABLE documents (
-            kind TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, id))
-            WITHOUT ROWID""",
-    ),
-)
+from micropay.store.schema import SCHEMA_VERSION, migration_statements
 
 _READ_MANY_CHUNK = 8190
 """Ids looked up per query by ``read_documents`` (passed as one JSON array)."""
@@ -108,7 +89,7 @@ class SQLiteStore:
         for target in range(version, SCHEMA_VERSION):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[target]:
+                for statement in migration_statements("sqlite", target):
                     self._db.execute(statement)
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(target + 1),)

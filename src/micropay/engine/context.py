@@ -1,0 +1,172 @@
+"""What one operation sees inside an engine batch, and how a batch runs its operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from micropay.errors import InvariantViolation, StoreError
+from micropay.ledger import (
+    Account,
+    AccountRequest,
+    Ledger,
+    LedgerState,
+    Result,
+    TransferOutcome,
+    TransferRequest,
+)
+from micropay.ledger.validate import (
+    RequestColumns,
+    check_account_requests,
+    check_credit_limit,
+    check_ledger,
+    transfer_columns,
+)
+from micropay.store.base import Document
+
+T = TypeVar("T")
+
+DocumentKey = tuple[str, str]
+
+
+class DocumentReader(Protocol):
+    """Committed documents as a batch may read them (from memory, or locked in the database)."""
+
+    def get(self, key: DocumentKey) -> bytes | None: ...
+
+    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]: ...
+
+
+class BatchContext:
+    """What one operation may do inside an engine batch: the view a model works against.
+
+    Everything it does commits with the batch, or is undone if the operation raises.
+    """
+
+    def __init__(self, state: LedgerState, documents: DocumentReader, now_ns: int) -> None:
+        self._state = state
+        self._reader = documents
+        self._written: dict[DocumentKey, bytes] = {}
+        self._undo: list[tuple[DocumentKey, bytes | None]] = []
+        self.now_ns = now_ns
+
+    def create_transfers(self, requests: Sequence[TransferRequest]) -> Sequence[TransferOutcome]:
+        return self._state.create_transfers(requests, transfer_columns(requests))
+
+    def create_transfers_columns(
+        self, requests: Sequence[TransferRequest], columns: RequestColumns
+    ) -> Sequence[TransferOutcome]:
+        """``create_transfers`` for requests validated already (``columns`` from ``transfer_columns``)."""
+        return self._state.create_transfers(requests, columns)
+
+    def create_accounts(self, requests: Sequence[AccountRequest]) -> list[tuple[Result, Account | None]]:
+        check_account_requests(requests)
+        return [self._state.create_account(request) for request in requests]
+
+    def create_ledger(self, code: str, scale: int) -> tuple[Result, Ledger]:
+        check_ledger(code, scale)
+        return self._state.create_ledger(code, scale)
+
+    def set_credit_limit(self, account_id: str, credit_limit: int) -> tuple[Result, Account | None]:
+        check_credit_limit(credit_limit)
+        return self._state.set_credit_limit(account_id, credit_limit)
+
+    def account(self, account_id: str) -> Account | None:
+        return self._state.account(account_id)
+
+    def ledger(self, code: str) -> Ledger | None:
+        return self._state.ledger(code)
+
+    def transfer_exists(self, transfer_id: str) -> bool:
+        """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
+        return self._state.transfer_locator(transfer_id) is not None
+
+    def put_document(self, kind: str, document_id: str, body: bytes) -> None:
+        """Write a record with this batch (replacing any older version)."""
+        key = (kind, document_id)
+        self._undo.append((key, self._written.get(key)))
+        self._written[key] = body
+
+    def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
+        """The newest versions of those of these documents that exist, as ``get_document`` would
+        answer one by one, with one store read for all that are not in memory (for an operation
+        about to look up many ids, most of them new)."""
+        written = self._written
+        found: dict[str, bytes] = {}
+        unwritten: list[str] = []
+        for document_id in document_ids:
+            body = written.get((kind, document_id))
+            if body is None:
+                unwritten.append(document_id)
+            else:
+                found[document_id] = body
+        if unwritten:
+            found.update(self._reader.get_many(kind, unwritten))
+        return found
+
+    def get_document(self, kind: str, document_id: str) -> bytes | None:
+        """The newest version: written earlier in this batch, else the committed one."""
+        key = (kind, document_id)
+        body = self._written.get(key)
+        return body if body is not None else self._reader.get(key)
+
+    def mark(self) -> int:
+        return len(self._undo)
+
+    def rollback_documents(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            key, before = self._undo.pop()
+            if before is None:
+                del self._written[key]
+            else:
+                self._written[key] = before
+
+    @property
+    def written(self) -> dict[DocumentKey, bytes]:
+        """Documents this batch writes, newest version of each."""
+        return self._written
+
+    def documents(self) -> list[Document]:
+        return [Document(kind, document_id, body) for (kind, document_id), body in self._written.items()]
+
+
+Operation = Callable[[BatchContext], T]
+
+
+@dataclass(slots=True)
+class QueuedOp:
+    """An operation waiting for (or inside) a batch. ``accounts`` and ``transfer_ids`` are what it
+    is known to touch in advance: a shared-database engine locks those first, in id order."""
+
+    run: Callable[[BatchContext], Any]
+    size: int
+    future: Future[Any]
+    accounts: Sequence[str] = field(default=())
+    transfer_ids: Sequence[str] = field(default=())
+
+
+Outcome = tuple[bool, Any]
+"""An operation's result (True, value) or the exception it raised (False, error)."""
+
+
+def apply_ops(ops: Sequence[QueuedOp], state: LedgerState, context: BatchContext) -> list[Outcome]:
+    """Run each operation in order; one that raises has just its own effects undone.
+
+    Invariant violations and store errors are not an operation's failure but the batch's: they
+    propagate, and the caller rolls the whole batch back.
+    """
+    outcomes: list[Outcome] = []
+    for op in ops:
+        mark = state.mark()
+        documents_mark = context.mark()
+        try:
+            outcomes.append((True, op.run(context)))
+        except (InvariantViolation, StoreError):
+            raise
+        except Exception as error:
+            state.rollback_to(mark)
+            context.rollback_documents(documents_mark)
+            outcomes.append((False, error))
+    return outcomes

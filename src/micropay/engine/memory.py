@@ -1,0 +1,152 @@
+"""The single-writer core: the whole ledger in memory, replayed from the store's log at start.
+
+The store (SQLite) admits one writer, so memory is the truth between batches and reads need
+no database round trip; a batch is applied in memory, written as one transaction with one
+sync, and only then committed in memory (or rolled back to what is on disk).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
+from micropay.engine.stats import EngineStats
+from micropay.ledger import Account, Ledger, LedgerState, Transfer
+from micropay.store.base import LogStore
+
+DOCUMENT_CACHE_MAX = 1_000_000
+"""Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
+
+
+class DocumentCache:
+    """Committed documents, read through to the store; updated only after a batch is durable."""
+
+    def __init__(self, store: LogStore, entries_max: int = DOCUMENT_CACHE_MAX) -> None:
+        self._store = store
+        self._entries: dict[DocumentKey, bytes | None] = {}
+        self._entries_max = entries_max
+
+    def get(self, key: DocumentKey) -> bytes | None:
+        entries = self._entries
+        if key in entries:
+            return entries[key]
+        body = self._store.read_document(key[0], key[1])
+        self._remember(key, body)
+        return body
+
+    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
+        """Those of these documents that exist; the ones not in memory come from one store read.
+        Only found documents are remembered (most ids asked for this way are new)."""
+        entries = self._entries
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        for document_id in document_ids:
+            key = (kind, document_id)
+            if key in entries:
+                body = entries[key]
+                if body is not None:
+                    found[document_id] = body
+            else:
+                missing.append(document_id)
+        if missing:
+            stored = self._store.read_documents(kind, missing)
+            for document_id, body in stored.items():
+                self._remember((kind, document_id), body)
+            found.update(stored)
+        return found
+
+    def _remember(self, key: DocumentKey, body: bytes | None) -> None:
+        if len(self._entries) >= self._entries_max:
+            self._entries.clear()
+        self._entries[key] = body
+
+    def committed(self, written: dict[DocumentKey, bytes]) -> None:
+        for key, body in written.items():
+            self._remember(key, body)
+
+
+class MemoryCore:
+    """Owns the in-memory ledger state of a single-writer store."""
+
+    wants_hints = False
+
+    def __init__(self, store: LogStore, stats: EngineStats, verify_every_batches: int) -> None:
+        self._store = store
+        self._stats = stats
+        self._verify_every_batches = verify_every_batches
+        self._state = LedgerState(self._store.read_transfer)
+        self._documents = DocumentCache(store)
+        self._lock = threading.Lock()  # held while a batch is applied and written, and by reads
+        for journal in self._store.load():
+            self._state.replay(journal)
+        self._state.verify()
+
+    def process(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]:
+        """Apply and durably write one batch; a StoreError leaves memory as it was."""
+        state = self._state
+        stats = self._stats
+        with self._lock:
+            state.begin(now_ns)
+            context = BatchContext(state, self._documents, now_ns)
+            try:
+                started = time.perf_counter()
+                outcomes = apply_ops(ops, state, context)
+                applied = time.perf_counter()
+                stats.apply_s += applied - started
+                journal = state.journal()
+                if not journal.is_empty() or context.written:
+                    self._store.write(journal, context.documents())
+                    stats.syncs += 1
+                    stats.write_s += time.perf_counter() - applied
+            except BaseException:
+                state.rollback()
+                raise
+            state.commit()
+            self._documents.committed(context.written)
+            stats.batches += 1
+            if self._verify_every_batches and stats.batches % self._verify_every_batches == 0:
+                state.verify()
+        return outcomes
+
+    # ----------------------------------------------------------------- committed reads
+    def account(self, account_id: str) -> Account | None:
+        with self._lock:
+            return self._state.account(account_id)
+
+    def ledger(self, code: str) -> Ledger | None:
+        with self._lock:
+            return self._state.ledger(code)
+
+    def ledgers(self) -> list[Ledger]:
+        with self._lock:
+            return self._state.ledgers()
+
+    def accounts(self, starting_after: str | None, limit: int) -> list[Account]:
+        with self._lock:
+            ids = sorted(i for i in self._state.account_ids() if starting_after is None or i > starting_after)
+            found = (self._state.account(i) for i in ids[:limit])
+            return [account for account in found if account is not None]
+
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        with self._lock:
+            locator = self._state.transfer_locator(transfer_id)
+            if locator is None:
+                return None
+            return self._store.read_transfer(transfer_id, locator)
+
+    def account_transfers(self, account_id: str, limit: int, before_timestamp: int | None) -> list[Transfer]:
+        return self._store.account_transfers(account_id, limit, before_timestamp)
+
+    def transfer_count(self) -> int:
+        with self._lock:
+            return self._state.transfer_count()
+
+    def verify(self) -> None:
+        with self._lock:
+            self._state.verify()
+
+    def document(self, kind: str, document_id: str) -> bytes | None:
+        with self._lock:
+            return self._documents.get((kind, document_id))
