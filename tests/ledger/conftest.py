@@ -1,4 +1,5 @@
-"""Fixtures for the ledger-core tests: a settable clock and engines on real SQLite files."""
+"""Fixtures for the ledger-core tests: a settable clock and engines on real stores (each test
+taking ``engine`` or ``engines`` runs on a SQLite file and on a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,18 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where an engine keeps the ledger: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return db_path
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-def engines(db_path: Path, clock: Clock) -> Iterator[Engines]:
-    opener = Engines(db_path, clock)
+def engines(database: Path | str, clock: Clock) -> Iterator[Engines]:
+    opener = Engines(database, clock)
     yield opener
     opener.close_all()
 

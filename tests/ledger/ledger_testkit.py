@@ -22,7 +22,7 @@ from micropay.ledger import (
     TransferOutcome,
     TransferRequest,
 )
-from micropay.store import SQLiteStore
+from micropay.store import SQLiteStore, open_store
 
 NS = 1_000_000_000
 START_NS = 1_700_000_000 * NS
@@ -54,22 +54,31 @@ class Clock:
         self.now_ns += int(seconds * NS) + ns
 
 
-def open_engine(path: Path, clock: Callable[[], int] = time.time_ns, **options: Any) -> Engine:
-    """An engine on a real SQLite file; ``batch_window_s`` defaults to 0 (no waiting)."""
+def open_engine(where: Path | str, clock: Callable[[], int] = time.time_ns, **options: Any) -> Engine:
+    """An engine on a real SQLite file (a path) or database (a URL); ``batch_window_s``
+    defaults to 0 (no waiting)."""
     options.setdefault("batch_window_s", 0)
-    return Engine(SQLiteStore(path), clock_ns=clock, **options)
+    store = SQLiteStore(where) if isinstance(where, Path) else open_store(where)
+    return Engine(store, clock_ns=clock, **options)
 
 
 class Engines:
-    """Opens engines on one database file with one clock; closes whatever is still open."""
+    """Opens engines on one database (a SQLite file or a PostgreSQL URL) with one clock;
+    closes whatever is still open."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
-        self.path = path
+    def __init__(self, where: Path | str, clock: Clock) -> None:
+        self.where = where
         self.clock = clock
         self._open: list[Engine] = []
 
+    @property
+    def path(self) -> Path:
+        """The SQLite file (for tests that look inside it)."""
+        assert isinstance(self.where, Path), "this test needs a SQLite file"
+        return self.where
+
     def open(self, **options: Any) -> Engine:
-        engine = open_engine(self.path, self.clock, **options)
+        engine = open_engine(self.where, self.clock, **options)
         self._open.append(engine)
         return engine
 

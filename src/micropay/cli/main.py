@@ -112,14 +112,21 @@ def bench_ledger_command(
     accounts: Annotated[int, typer.Option(min=2, help="Accounts to spread them over.")] = 10_000,
     batch_size: Annotated[int, typer.Option(min=1, max=8190, help="Transfers per submitted batch.")] = 8190,
     baseline_seconds: Annotated[float, typer.Option(min=0.1, help="Time given to the slow baseline.")] = 5.0,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="A postgresql:// URL to load instead of a fresh temporary SQLite file."),
+    ] = None,
+    writers: Annotated[int, typer.Option(min=1, max=16, help="Engines writing at once (PostgreSQL only).")] = 1,
 ) -> None:
-    """Durable transfers/s through the engine vs a per-transfer SQLite ledger."""
+    """Durable transfers/s through the engine vs a per-transfer SQLite ledger (or on PostgreSQL)."""
     bench_ledger(
         Reporter("ledger", as_json=as_json),
         accounts=accounts,
         transfers=transfers,
         batch_size=batch_size,
         baseline_seconds=baseline_seconds,
+        db=db,
+        writers=writers,
     )
 
 
