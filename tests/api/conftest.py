@@ -1,7 +1,8 @@
-"""Fixtures for the HTTP API tests: a real SQLite file per test, the ASGI app, keys."""
+"""Fixtures for the HTTP API tests: a real store per test, the ASGI app, keys."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,12 @@ from micropay.store import open_store
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh SQLite file; or, with MICROPAY_TEST_STORE=postgresql, a fresh PostgreSQL database
+    (the whole API suite then runs against the multi-writer engine)."""
+    if os.environ.get("MICROPAY_TEST_STORE") == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     return f"sqlite:///{tmp_path / 'api.db'}"
 
 

@@ -223,3 +223,80 @@ def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(postgres_url: s
             assert all(balances[w][0] == debited[w] for w in WALLETS)
     finally:
         _stop(survivor)
+
+
+def _post_all(jobs: list[tuple[Server, str, dict[str, Any]]], key: str) -> list[httpx2.Response]:
+    """POST every (server, path, body) at once, each from its own thread."""
+    results: list[httpx2.Response | None] = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def send(index: int) -> None:
+        server, path, body = jobs[index]
+        with httpx2.Client(base_url=server.url, headers=_headers(key), timeout=TIMEOUT_S) as http:
+            start.wait()
+            results[index] = http.post(path, json=body)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT_S * 2)
+    assert None not in results
+    return [r for r in results if r is not None]
+
+
+@pytest.mark.slow
+def test_payment_models_stay_exact_across_server_processes(postgres_url: str, tmp_path: Path, log: IO[str]) -> None:
+    servers = _start_servers(2, postgres_url, tmp_path / "admin.key", log)
+    try:
+        key = (tmp_path / "admin.key").read_text().strip()
+        with httpx2.Client(base_url=servers[0].url, headers=_headers(key), timeout=TIMEOUT_S) as http:
+            assert http.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
+            for payer_id in ("p1", "p2"):
+                payer = {"id": payer_id, "ledger": "USD", "mode": "prepay"}
+                assert http.post("/v1/payers", json=payer).status_code == 201
+            merchant = {"id": "m1", "ledger": "USD", "fee": {"percent_bps": 0, "fixed": 0}, "payout": {"threshold": 0}}
+            assert http.post("/v1/merchants", json=merchant).status_code == 201
+            topup = http.post("/v1/payers/p1/topups", json={"id": "t1", "amount": 1000, "rail": "card"})
+            assert topup.status_code == 201 and topup.json()["status"] == "succeeded", topup.text
+            voucher = {"code": "GIFT-2026", "ledger": "USD", "amount": 50, "expires_at": "2099-01-01T00:00:00Z"}
+            assert http.post("/v1/vouchers", json=voucher).status_code == 201
+
+        # 40 different charges of 100 against a wallet of 1000, through both processes: exactly 10.
+        charges = [
+            (servers[n % 2], "/v1/charges", {"id": f"c{n}", "payer_id": "p1", "merchant_id": "m1", "amount": 100})
+            for n in range(40)
+        ]
+        answers = _post_all(charges, key)
+        assert sorted(r.status_code for r in answers) == [201] * 10 + [422] * 30
+        assert {r.json()["error"]["code"] for r in answers if r.status_code == 422} == {"insufficient_funds"}
+
+        # The same top-up sent to both processes at once: the wallet is credited once.
+        topups = [(server, "/v1/payers/p1/topups", {"id": "t2", "amount": 200, "rail": "card"}) for server in servers]
+        answers = _post_all(topups * 2, key)
+        assert all(r.status_code in (200, 201) for r in answers), [r.text for r in answers]
+        # The same charge sent to both processes at once; one voucher redeemed by two payers at once.
+        replays = [(server, "/v1/charges", {"id": "again", "payer_id": "p1", "merchant_id": "m1", "amount": 30})
+                   for server in servers for _ in range(4)]  # fmt: skip
+        redeem = [(servers[n], f"/v1/payers/p{n + 1}/vouchers/redeem", {"code": "GIFT-2026"}) for n in range(2)]
+        answers = _post_all(replays + redeem, key)
+        charged = answers[: len(replays)]
+        assert all(r.status_code in (200, 201) for r in charged), [r.text for r in charged]
+        assert {r.json()["charged_at"] if "charged_at" in r.json() else r.json()["created_at"] for r in charged} == {
+            charged[0].json().get("charged_at", charged[0].json()["created_at"])
+        }  # every answer is the one charge
+        redeemed = answers[len(replays) :]
+        assert sorted(r.status_code for r in redeemed) == [200, 422], [r.text for r in redeemed]
+        winner = next(n for n, r in enumerate(redeemed) if r.status_code == 200)
+        assert redeemed[1 - winner].json()["error"]["code"] == "voucher_already_redeemed"
+
+        with httpx2.Client(base_url=servers[1].url, headers=_headers(key), timeout=TIMEOUT_S) as http:
+            wallets = [http.get(f"/v1/payers/p{n + 1}").json()["wallet"] for n in range(2)]
+            # 1000 + 200 topped up once each, 10 x 100 + 30 charged once (promo credit first), 50 promo once.
+            funds = [w["balance"] + w["promo_balance"] for w in wallets]
+            assert funds == [1200 - 1030 + (50 if winner == 0 else 0), 50 if winner == 1 else 0], wallets
+            merchant_account = http.get("/v1/accounts/merchant:m1").json()
+            assert merchant_account["credits_posted"] - merchant_account["debits_posted"] == 1030
+    finally:
+        for server in servers:
+            _stop(server)

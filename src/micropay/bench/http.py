@@ -48,15 +48,16 @@ def _call(port: int, key: str, method: str, path: str, body: object | None = Non
 
 
 def start_server(
-    directory: Path, port: int, extra_args: list[str] | None = None
+    directory: Path, port: int, extra_args: list[str] | None = None, db: str | None = None, name: str = "server"
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``micropay serve`` on a fresh database; return the process and its admin key."""
+    """Start ``micropay serve`` (on a fresh SQLite file unless ``db`` names a database);
+    return the process and its admin key."""
     key_file = directory / "admin.key"
     command = [
         str(Path(sys.executable).parent / "micropay"),
         "serve",
         "--db",
-        f"sqlite:///{directory / 'bench.db'}",
+        db or f"sqlite:///{directory / 'bench.db'}",
         "--host",
         "127.0.0.1",
         "--port",
@@ -65,12 +66,13 @@ def start_server(
         str(key_file),
         *(extra_args or []),
     ]
-    log = open(directory / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    log_path = directory / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + SERVER_START_S_MAX
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise MicropayError(f"server exited with {server.returncode}: {(directory / 'server.log').read_text()}")
+            raise MicropayError(f"server exited with {server.returncode}: {log_path.read_text()}")
         if key_file.exists() and key_file.read_text().strip():
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -111,13 +113,14 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_load(port: int, key: str, mode: str, connections: int, duration_s: float, accounts: int) -> dict[str, object]:
+def run_load(
+    ports: list[int], key: str, mode: str, connections: int, duration_s: float, accounts: int
+) -> dict[str, object]:
     command = [
         sys.executable,
         "-m",
         "micropay.bench.loadgen",
-        "--port",
-        str(port),
+        *(argument for port in ports for argument in ("--port", str(port))),
         "--key",
         key,
         "--mode",
@@ -144,15 +147,25 @@ def bench_http(
     batch_connections: int = 2,
     accounts: int = 1000,
     directory: str | None = None,
+    db: str | None = None,
+    servers: int = 1,
 ) -> None:
+    """``servers`` > 1 needs ``db`` naming a PostgreSQL database (one SQLite file has one writer)."""
+    if servers > 1 and not (db or "").startswith(("postgresql://", "postgres://")):
+        raise MicropayError("several servers need --db postgresql://... (SQLite admits one writer)")
     with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-http-") as tmp:
-        port = free_port()
-        server, key = start_server(Path(tmp), port)
+        ports = [free_port() for _ in range(servers)]
+        started: list[subprocess.Popen[bytes]] = []
         try:
-            setup_accounts(port, key, accounts)
-            cpu_before = process_cpu_s(server.pid)
-            single = run_load(port, key, "single", connections, duration_s, accounts)
-            cpu_after = process_cpu_s(server.pid)
+            key = ""
+            for number, port in enumerate(ports):
+                server, key = start_server(Path(tmp), port, db=db, name=f"server-{number}")
+                started.append(server)
+            setup_accounts(ports[0], key, accounts)
+            report.note(f"{servers} server process(es) on {db.split('@')[-1] if db else 'a fresh SQLite file'}")
+            cpu_before = _cpu_s(started)
+            single = run_load(ports, key, "single", connections, duration_s, accounts)
+            cpu_after = _cpu_s(started)
             report.note(f"single: {single}")
             elapsed = float(str(single["elapsed_s"]))
             transfers = int(str(single["transfers_ok"]))
@@ -162,9 +175,9 @@ def bench_http(
             if cpu_before is not None and cpu_after is not None and transfers:
                 # CPU per transfer moves less than the rates when other work shares the machine.
                 report.figure("single_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
-            cpu_before = process_cpu_s(server.pid)
-            batch = run_load(port, key, "batch", batch_connections, duration_s, accounts)
-            cpu_after = process_cpu_s(server.pid)
+            cpu_before = _cpu_s(started)
+            batch = run_load(ports, key, "batch", batch_connections, duration_s, accounts)
+            cpu_after = _cpu_s(started)
             report.note(f"batch: {batch}")
             elapsed = float(str(batch["elapsed_s"]))
             transfers = int(str(batch["transfers_ok"]))
@@ -172,4 +185,11 @@ def bench_http(
             if cpu_before is not None and cpu_after is not None and transfers:
                 report.figure("batch_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
         finally:
-            stop_server(server)
+            for server in started:
+                stop_server(server)
+
+
+def _cpu_s(servers: list[subprocess.Popen[bytes]]) -> float | None:
+    """CPU seconds the server processes have used so far, together."""
+    readings = [process_cpu_s(server.pid) for server in servers]
+    return None if None in readings else sum(r for r in readings if r is not None)

@@ -3,7 +3,7 @@
 Keep-alive connections to 127.0.0.1 only, each sending one request at a time and timing it;
 stops by itself after ``duration_s``. Prints one JSON summary on stdout.
 
-    python -m micropay.bench.loadgen --port P --key K --mode single --connections 64 --duration-s 10
+    python -m micropay.bench.loadgen --port P [--port P2 ...] --key K --mode single --connections 64 --duration-s 10
 
 It shares the machine with the server it measures, so it stays lean: each connection is an
 asyncio protocol (no stream objects), and request bodies are made from pre-rendered parts (the
@@ -215,7 +215,8 @@ async def _connection(index: int, args: argparse.Namespace, deadline: float, res
     make = single_requests(args, index) if args.mode == "single" else batch_requests(args, index)
     done: asyncio.Future[None] = loop.create_future()
     try:
-        await loop.create_connection(lambda: LoadConnection(make, deadline, result, done), LOOPBACK, args.port)
+        port = args.port[index % len(args.port)]  # connections spread over the servers in turn
+        await loop.create_connection(lambda: LoadConnection(make, deadline, result, done), LOOPBACK, port)
     except OSError:
         result.errors += 1
         return
@@ -253,7 +254,7 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, action="append", help="Repeat for several servers.")
     parser.add_argument("--key", required=True)
     parser.add_argument("--mode", choices=("single", "batch"), default="single")
     parser.add_argument("--connections", type=int, default=64)

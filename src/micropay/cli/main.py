@@ -137,8 +137,12 @@ def bench_http_command(
     duration_s: Annotated[float, typer.Option(min=1, max=120, help="Seconds each load phase runs.")] = 10.0,
     batch_connections: Annotated[int, typer.Option(min=1, max=16, help="Concurrent batch clients.")] = 2,
     accounts: Annotated[int, typer.Option(min=2, help="Accounts the transfers move between.")] = 1000,
+    db: Annotated[
+        str | None, typer.Option("--db", help="A postgresql:// URL the servers share (default: a fresh SQLite file).")
+    ] = None,
+    servers: Annotated[int, typer.Option(min=1, max=8, help="Server processes (several need PostgreSQL).")] = 1,
 ) -> None:
-    """Transfers over HTTP against a real server: single (latency) and batch (throughput)."""
+    """Transfers over HTTP against real servers: single (latency) and batch (throughput)."""
     from micropay.bench.http import bench_http
 
     bench_http(
@@ -147,6 +151,8 @@ def bench_http_command(
         duration_s=duration_s,
         batch_connections=batch_connections,
         accounts=accounts,
+        db=db,
+        servers=servers,
     )
 
 

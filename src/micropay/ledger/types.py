@@ -168,8 +168,9 @@ class TransferRequest(NamedTuple):
 
 
 class Transfer(NamedTuple):
-    """A transfer as it was applied: ``amount`` is what moved; ``timestamp`` (ns) is unique
-    and increasing, the transfer's place in the ledger's order."""
+    """A transfer as it was applied: ``amount`` is what moved; ``timestamp`` (ns) is unique,
+    the transfer's place in the ledger's order (increasing in commit order with one writer;
+    with several, increasing per writer: see docs/operations.md)."""
 
     id: str
     debit_account_id: str
