@@ -54,7 +54,13 @@ def _set_up(server: Server, key: str) -> None:
             response = http.post("/v1/accounts", json={"id": account_id, "ledger": "USD", "flags": flags})
             assert response.status_code == 201, response.text
         funding = [
-            {"id": f"seed-{w}", "debit_account_id": "mint", "credit_account_id": w, "amount": WALLET_FUNDS, "ledger": "USD"}
+            {
+                "id": f"seed-{w}",
+                "debit_account_id": "mint",
+                "credit_account_id": w,
+                "amount": WALLET_FUNDS,
+                "ledger": "USD",
+            }
             for w in WALLETS
         ]
         response = http.post("/v1/transfers/batch", json={"transfers": funding})
@@ -181,7 +187,9 @@ def test_four_server_processes_and_32_clients_keep_every_invariant(
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(postgres_url: str, tmp_path: Path, log: IO[str]) -> None:
+def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(
+    postgres_url: str, tmp_path: Path, log: IO[str]
+) -> None:
     victim, survivor = _start_servers(2, postgres_url, tmp_path / "admin.key", log)
     try:
         key = (tmp_path / "admin.key").read_text().strip()
