@@ -42,10 +42,10 @@ _ACCOUNT_COLUMNS = (
 _TRANSFER_COLUMNS = (
     "id, debit_account_id, credit_account_id, amount, ledger, code, flags, pending_id, timeout_s, timestamp, metadata"
 )
-_ACCOUNT_PREFIXED = ", ".join(f"a.{name.strip()}" for name in _ACCOUNT_COLUMNS.split(","))
-_TRANSFER_PREFIXED = ", ".join(f"t.{name.strip()}" for name in _TRANSFER_COLUMNS.split(","))
-# Ids go in as one text the server splits and joins by primary key: a long ``= ANY(array)``
-# list makes the planner scan the whole table once the list is long enough.
+# Rows are looked up (and locked) by key, one index probe per id, in the order of the id list,
+# sorted where locking: the one order every writer locks in. A LATERAL subquery that locks or
+# has OFFSET 0 is not flattened, so the plan cannot become a scan of the table; with a long
+# ``= ANY(list)`` or a plain join the planner may scan, comparing every row with every id.
 _CONFLICTS = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 
 
@@ -324,8 +324,9 @@ class PostgresBatch:
         if not account_ids:
             return []
         rows = self._rows(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY(string_to_array(%s, ',')) ORDER BY id FOR UPDATE",
-            (_id_list(account_ids),),
+            "SELECT a.* FROM unnest(string_to_array(%s, ',')) AS k (id),"
+            f" LATERAL (SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE accounts.id = k.id FOR UPDATE) AS a",
+            (_id_list(sorted(account_ids)),),
         )
         return [_account_row(row) for row in rows]
 
@@ -345,8 +346,8 @@ class PostgresBatch:
         if not transfer_ids:
             return []
         rows = self._rows(
-            f"SELECT {_TRANSFER_PREFIXED}, t.status FROM unnest(string_to_array(%s, ',')) AS k (id)"
-            " JOIN transfers t ON t.id = k.id",
+            "SELECT t.* FROM unnest(string_to_array(%s, ',')) AS k (id),"
+            f" LATERAL (SELECT {_TRANSFER_COLUMNS}, status FROM transfers WHERE transfers.id = k.id OFFSET 0) AS t",
             (_id_list(transfer_ids),),
         )
         return [(_transfer(row), _status(row[11])) for row in rows]
@@ -365,12 +366,12 @@ class PostgresBatch:
         if not document_ids:
             return {}
         rows = self._rows(
-            "SELECT id, body FROM documents WHERE kind = %s AND id = ANY(%s) ORDER BY id FOR UPDATE",
-            (kind, sorted(document_ids)),
+            "SELECT d.* FROM unnest(%s::text[]) AS k (id), LATERAL (SELECT id, body FROM documents"
+            " WHERE documents.kind = %s AND documents.id = k.id FOR UPDATE) AS d",
+            (sorted(document_ids), kind),
         )
         return {str(row[0]): bytes(row[1]) for row in rows}
 
-    # ----------------------------------------------------------------- the write
     def write(
         self,
         journal: Journal,
