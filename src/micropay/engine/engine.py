@@ -54,6 +54,10 @@ from micropay.store.base import LogStore, Store
 T = TypeVar("T")
 
 QUEUE_DEPTH_MAX = 64 * BATCH_SIZE_MAX
+
+SHARED_BATCH_SUBMISSIONS_MAX = 4
+"""On a shared database one transaction may carry this many full submissions: its fixed costs
+(locking and updating each touched account once) then spread over more transfers."""
 """Most events waiting for the engine; past it submissions fail with QueueFullError."""
 
 HISTORY_PAGE_MAX = 1000
@@ -64,6 +68,7 @@ class _Core(Protocol):
     """How batches are applied and committed reads answered (see ``memory`` and ``shared``)."""
 
     wants_hints: bool
+    settle_lag_ns: int
 
     def process(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]: ...
     def account(self, account_id: str) -> Account | None: ...
@@ -95,12 +100,16 @@ class Engine:
         store: Store | LogStore,
         *,
         clock_ns: Callable[[], int] = time.time_ns,
-        batch_size_max: int = BATCH_SIZE_MAX,
+        batch_size_max: int | None = None,
         batch_window_s: float = 0.001,
         queue_depth_max: int = QUEUE_DEPTH_MAX,
         verify_every_batches: int = 256,
     ) -> None:
-        require(0 < batch_size_max <= BATCH_SIZE_MAX, "batch_size_max out of range")
+        shared = bool(getattr(store, "multi_writer", False))
+        batch_events_max = BATCH_SIZE_MAX * (SHARED_BATCH_SUBMISSIONS_MAX if shared else 1)
+        if batch_size_max is None:
+            batch_size_max = batch_events_max
+        require(0 < batch_size_max <= batch_events_max, "batch_size_max out of range")
         require(0 <= batch_window_s <= 0.1, "batch_window_s out of range")
         self._store = store
         self._clock_ns = clock_ns
@@ -232,6 +241,12 @@ class Engine:
     def shared(self) -> bool:
         """Whether other engines may write this database at the same time (PostgreSQL)."""
         return self._core.wants_hints
+
+    @property
+    def settle_lag_ns(self) -> int:
+        """How far behind the clock a reader must stay to be sure no batch still in flight
+        writes anything dated before what it reads (0 with one writer: batches run in order)."""
+        return self._core.settle_lag_ns
 
     def now_ns(self) -> int:
         """The engine clock's reading now (what time-dependent reads compare against)."""

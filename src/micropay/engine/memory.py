@@ -71,6 +71,7 @@ class MemoryCore:
     """Owns the in-memory ledger state of a single-writer store."""
 
     wants_hints = False
+    settle_lag_ns = 0
 
     def __init__(self, store: LogStore, stats: EngineStats, verify_every_batches: int) -> None:
         self._store = store

@@ -21,6 +21,7 @@ from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp
 from micropay.engine.stats import EngineStats
 from micropay.errors import BatchConflict, StoreError, require
 from micropay.ledger import Account, Ledger, LedgerState, PendingStatus, Transfer, TransferFlags
+from micropay.ledger.limits import NS_PER_S
 from micropay.ledger.types import AccountRow, BalanceRow
 from micropay.store.base import Document
 from micropay.store.postgres import PostgresBatch, PostgresStore
@@ -30,6 +31,14 @@ ATTEMPTS_MAX = 12
 
 RETRY_BACKOFF_S = 0.002
 """First pause before running a conflicted batch again; doubles per attempt, with jitter."""
+
+BATCH_AGE_MAX_S = 10.0
+"""Longest a batch may take from its clock reading to its commit; an older one runs again with a
+fresh reading. What one writer reads as "now" therefore never passes a batch still in flight by
+more than this (plus clock skew between machines): see ``Engine.settle_lag_ns``."""
+
+CLOCK_SKEW_MAX_S = 5.0
+"""Largest clock difference assumed between machines running engines on one database (NTP)."""
 
 EXPIRY_SWEEP_MAX = 1024
 """Most due pending transfers one batch expires (the rest wait for the next batches)."""
@@ -182,6 +191,7 @@ class SharedCore:
     """Runs batches against a database other engines write too."""
 
     wants_hints = True
+    settle_lag_ns = int((BATCH_AGE_MAX_S + CLOCK_SKEW_MAX_S) * NS_PER_S)
 
     def __init__(
         self, store: PostgresStore, stats: EngineStats, verify_every_batches: int, clock_ns: Callable[[], int]
@@ -246,6 +256,8 @@ class SharedCore:
         written = [(Document(kind, document_id, body), documents.must_be_new((kind, document_id)))
                    for (kind, document_id), body in context.written.items()]  # fmt: skip
         wrote = not journal.is_empty() or bool(written)
+        if self._clock_ns() - now_ns > BATCH_AGE_MAX_S * NS_PER_S:
+            raise BatchConflict("the batch took longer than BATCH_AGE_MAX_S; running it again", _journal_ids(state))
         try:
             if wrote:
                 batch.write(journal, created, changed, written)

@@ -17,6 +17,11 @@ writes entries due no earlier than its own batch's clock reading, so an entry th
 writes sorts at or after that batch's "now", which is after the bound (``< now``) of any tick
 that ran before it. The cursor therefore only ever passes entries that were seen. (This assumes
 the engine clock does not run backwards, as ledger timestamps already do.)
+
+With several engines on one database (PostgreSQL) batches of other processes may still be in
+flight with an earlier clock reading, so the bound stays ``Engine.settle_lag_ns`` behind "now";
+and every process runs a settler, so the cursor only moves forward and acting twice on an entry
+changes nothing (each action re-reads its object, locked, and skips what is no longer waiting).
 """
 
 from __future__ import annotations
@@ -63,13 +68,18 @@ class TickReport:
         return sum(self.handled.values())
 
 
-def _list_due(store: Store, kind: str, limit: int) -> Callable[[BatchContext], list[Entry]]:
-    """An operation answering the due entries after the queue's cursor, before the batch's now."""
+def _cursor(ctx: BatchContext, kind: str) -> str | None:
+    cursor = ctx.get_document(CURSOR, kind)
+    return None if cursor is None else str(orjson.loads(cursor)["after"])
+
+
+def _list_due(store: Store, kind: str, limit: int, lag_ns: int = 0) -> Callable[[BatchContext], list[Entry]]:
+    """An operation answering the due entries after the queue's cursor, before the batch's now
+    (less ``lag_ns``: see the module docstring)."""
 
     def run(ctx: BatchContext) -> list[Entry]:
-        cursor = ctx.get_document(CURSOR, kind)
-        after = None if cursor is None else str(orjson.loads(cursor)["after"])
-        bound = index.due_bound(ctx.now_ns)
+        after = _cursor(ctx, kind)
+        bound = index.due_bound(ctx.now_ns - lag_ns)
         # Every earlier batch is committed, so the store holds every entry due before ``bound``.
         rows = store.list_documents(kind, after, limit)
         return [(key, body) for key, body in rows if key < bound]
@@ -98,8 +108,12 @@ def _act(kind: str, entries: list[Entry], rails: Rails) -> Callable[[BatchContex
 
 
 def _move_cursor(kind: str, after: str) -> Callable[[BatchContext], None]:
+    """Advance the queue's cursor to ``after``; never back (another process may be ahead)."""
+
     def run(ctx: BatchContext) -> None:
-        ctx.put_document(CURSOR, kind, orjson.dumps({"after": after}))
+        current = _cursor(ctx, kind)
+        if current is None or after > current:
+            ctx.put_document(CURSOR, kind, orjson.dumps({"after": after}))
 
     return run
 
@@ -145,7 +159,7 @@ class Settler:
 
     def _tick_queue(self, kind: str) -> tuple[int, int]:
         engine = self._engine
-        entries = engine.call(_list_due(engine.store, kind, self._page_size))
+        entries = engine.call(_list_due(engine.store, kind, self._page_size, engine.settle_lag_ns))
         if not entries:
             return 0, 0
         try:
