@@ -20,11 +20,11 @@ import bisect
 import datetime as dt
 import hashlib
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -885,7 +885,7 @@ def _member_counts(
     counted = ctx.get_documents(MEMBER_READS, keys)
     for payer_id, key in zip(members, keys, strict=True):
         counts_body = counted.get(key)
-        fee = decode_membership(memberships[key]).fee
+        fee = int(orjson.loads(memberships[key])["fee"])
         yield payer_id, fee, None if counts_body is None else decode_member_counts(counts_body)
 
 
@@ -944,13 +944,17 @@ def plan_distribution(pool: Pool, members: Iterable[tuple[str, int, MemberCounts
     the network share (carried in, and with ``share`` this period's unread fees) over all lines
     in proportion. ``members`` is (payer id, fee, counted reads or None) per member."""
     owner_bps, host_bps, referrer_bps, platform_bps = (pool.bps(role) for role in ROLES)
-    # Per role, per publisher: the parts it got, as parallel lists of payer ids and amounts. A
-    # distribution books millions of parts: two appends each, no object per part (lists of str
-    # and int give the garbage collector nothing to scan), sums and columns by C-level passes.
-    payers_of: dict[str, defaultdict[str, list[str]]] = {role: defaultdict(list) for role in ROLES[:-1]}
-    amounts_of: dict[str, defaultdict[str, list[int]]] = {role: defaultdict(list) for role in ROLES[:-1]}
+    alone_bps = owner_bps + referrer_bps
+    # Per role, per publisher: the parts it got, flat (payer id, amount, payer id, amount, ...).
+    # A distribution books millions of parts, so no part gets a Python step of its own: a
+    # member's keys of one weight all get the same amount, so each role is one C-level pass that
+    # extends each publisher's list by the (payer, amount) pair of its weight (``()``: nothing);
+    # the few keys a leftover unit goes to one by one are fixed after. No object per part: the
+    # columns come out of the flat lists by slicing.
+    parts_of: dict[str, defaultdict[str, list[str | int]]] = {role: defaultdict(list) for role in ROLES[:-1]}
     platform: dict[str, int] = {}
-    unread = collected = paid = 0
+    shares: Shares = {}
+    unread = collected = paid = paid_fees = 0
     for payer_id, fee, counts in members:
         collected += fee
         if counts is None or not counts["reads"]:
@@ -958,38 +962,58 @@ def plan_distribution(pool: Pool, members: Iterable[tuple[str, int, MemberCounts
             continue
         reads: int = counts["reads"]
         paid += 1
+        paid_fees += fee
         owner: dict[str, int] = counts["owner"]
         alone: dict[str, int] = counts["owner_alone"]
         if owner and alone:
+            # Reads with a referrer weigh owner bps, without it owner + referrer bps: the units are bps.
             units = {publisher: count * owner_bps for publisher, count in owner.items()}
             for publisher, count in alone.items():
-                units[publisher] = units.get(publisher, 0) + count * (owner_bps + referrer_bps)
+                units[publisher] = units.get(publisher, 0) + count * alone_bps
             owners: tuple[dict[str, int], int] = (units, 1)
         else:
-            owners = (owner, owner_bps) if owner else (alone, owner_bps + referrer_bps)
+            owners = (owner, owner_bps) if owner else (alone, alone_bps)
         groups = (
             ("owner", *owners),
             ("host", counts["host"], host_bps),
             ("referrer", counts["referrer"], referrer_bps),
             ("platform", {PLATFORM_RECIPIENT: reads}, platform_bps),
         )
-        for role, amounts in split_member(fee, reads * BPS_TOTAL, groups):
+        tables, cut, extra = _split_tables(fee, reads * BPS_TOTAL, groups, shares)
+        platform_part = 0
+        for role, units_of, distinct, floor_of, remainder_of in tables:
             if role == "platform":
-                if amounts[PLATFORM_RECIPIENT]:
-                    platform[payer_id] = amounts[PLATFORM_RECIPIENT]
+                platform_part = floor_of[reads] + (remainder_of[reads] > cut)
                 continue
-            payers, paid_amounts = payers_of[role], amounts_of[role]
-            for publisher, amount in amounts.items():
-                if amount:
-                    payers[publisher].append(payer_id)
-                    paid_amounts[publisher].append(amount)
-    lines = {
-        (publisher, role): sum(parts)
-        for role, by_publisher in amounts_of.items()
-        for publisher, parts in by_publisher.items()
-    }
+            pair_of: dict[int, tuple[str, int] | tuple[()]] = {}
+            for unit in distinct:
+                amount = floor_of[unit] + (remainder_of[unit] > cut)
+                pair_of[unit] = (payer_id, amount) if amount else ()
+            target = parts_of[role]
+            # ``list.extend`` answers None, so ``any`` runs the whole pass (and keeps nothing).
+            any(map(_extend, map(target.__getitem__, units_of), map(pair_of.__getitem__, units_of.values())))
+        for recipient, role, index in extra:
+            if role == "platform":
+                platform_part += 1
+                continue
+            _, units_of, _, floor_of, _ = tables[index]
+            floor = floor_of[units_of[recipient]]  # a key at the cut: no unit yet
+            found = parts_of[role][recipient]
+            if floor:
+                require(found[-2] == payer_id and found[-1] == floor, "plan: leftover unit on the wrong part")
+                found[-1] = floor + 1
+            else:
+                found += (payer_id, 1)
+        if platform_part:
+            platform[payer_id] = platform_part
+    lines: dict[tuple[str, str], int] = {}
+    for role, by_publisher in parts_of.items():
+        for publisher, flat in by_publisher.items():
+            if flat:  # a publisher all of whose parts were 0 has an empty list: no line
+                lines[(publisher, role)] = sum(cast(list[int], flat[1::2]))
     if platform:
         lines[(PLATFORM_RECIPIENT, "platform")] = sum(platform.values())
+    require(sum(lines.values()) == paid_fees, "plan: the members' parts do not add up to their fees")
     network = pool.carried + (unread if pool.unread == "share" else 0)
     carried_out = unread if pool.unread == "carry" else 0
     if network and lines:
@@ -1000,80 +1024,100 @@ def plan_distribution(pool: Pool, members: Iterable[tuple[str, int, MemberCounts
             if role == "platform":
                 platform[""] = share
             else:
-                payers_of[role][recipient].append("")
-                amounts_of[role][recipient].append(share)
+                parts_of[role][recipient] += ("", share)
     elif network:
         carried_out = pool.carried + unread  # nobody read anything: everything waits for the next period
     earnings: dict[str, EarningsParts] = {}
-    for role, by_publisher in payers_of.items():
-        for publisher, payer_ids in by_publisher.items():
-            found = earnings.get(publisher)
-            if found is None:
-                found = earnings[publisher] = EarningsParts()
-            found.add(role, payer_ids, amounts_of[role][publisher])
+    for role, by_publisher in parts_of.items():
+        for publisher, flat in by_publisher.items():
+            if not flat:
+                continue
+            parts = earnings.get(publisher)
+            if parts is None:
+                parts = earnings[publisher] = EarningsParts()
+            parts.add(role, cast(list[str], flat[0::2]), cast(list[int], flat[1::2]))
     return DistributionPlan(lines, earnings, platform, sum(lines.values()), collected, carried_out, paid)
 
 
 BPS_TOTAL = 10_000
+_extend = list.extend
+"""``list.extend`` unbound: ``map(_extend, lists, items)`` extends each list by its item, in C."""
+
+Shares = dict[tuple[int, int], tuple[dict[int, int], dict[int, int]]]
+"""(fee x bps, weight sum) -> ({units: floor of the exact share}, {units: remainder}): the same
+for every member with that fee and number of reads, so computed once per distribution."""
+
+_Table = tuple[str, dict[str, int], set[int], dict[int, int], dict[int, int]]
+"""One role of a member's split: (role, {recipient: units}, the distinct units, {units: floor},
+{units: remainder}); the floors and remainders hold other units too (``Shares``)."""
+
+
+def _split_tables(
+    fee: int, weight_sum: int, groups: Iterable[tuple[str, dict[str, int], int]], shares: Shares
+) -> tuple[list[_Table], int, list[tuple[str, str, int]]]:
+    """Largest remainder over one member's (recipient, role) keys, per distinct weight.
+
+    ``groups`` is (role, {recipient: units}, bps) per role: a key's weight is units x bps, and
+    ``weight_sum`` their sum. Every key gets the floor of its exact share; the units left over
+    (the remainders' sum over ``weight_sum``) go one each to the keys with the largest
+    remainders: those above the remainder of the last one served all get one, and if that
+    remainder's level has more keys than units left, they go to its first keys by (recipient,
+    role), as in ``split``. Answers the tables, ``cut`` (a key whose remainder is above it gets
+    one unit more) and the keys of the level at the cut that get one: (recipient, role, table
+    index). Only distinct weights and the level at the cut take Python steps; keys take C passes."""
+    require(fee >= 0 and weight_sum > 0, "split_member: bad fee or weights")
+    tables: list[_Table] = []
+    remainders: list[int] = []
+    for role, units, bps in groups:
+        if not units or not bps:
+            continue
+        numerator = fee * bps
+        found = shares.get((numerator, weight_sum))
+        if found is None:
+            found = shares[(numerator, weight_sum)] = ({}, {})
+        floor_of, remainder_of = found
+        distinct = set(units.values())
+        if not floor_of.keys() >= distinct:
+            for unit in distinct.difference(floor_of):
+                floor_of[unit], remainder_of[unit] = divmod(numerator * unit, weight_sum)
+        remainders += map(remainder_of.__getitem__, units.values())
+        tables.append((role, units, distinct, floor_of, remainder_of))
+    # The floors miss the fee by exactly the remainders' sum over the weight sum.
+    left, inexact = divmod(sum(remainders), weight_sum)
+    keys = len(remainders)
+    require(inexact == 0 and 0 <= left <= keys, "split_member: weights do not add up to the weight sum")
+    if not left:
+        return tables, weight_sum, []  # no remainder is above the weight sum
+    remainders.sort()
+    threshold = remainders[keys - left]  # the remainder of the last key served
+    require(threshold > 0, "split_member: leftover units not handed out")
+    low = bisect.bisect_left(remainders, threshold)
+    high = bisect.bisect_right(remainders, threshold, low)
+    rest = left - (keys - high)  # units for the keys at the threshold
+    if rest == high - low:
+        return tables, threshold - 1, []
+    ranked: list[tuple[str, str, int]] = []
+    for index, (role, units, distinct, _, remainder_of) in enumerate(tables):
+        at_level = {unit for unit in distinct if remainder_of[unit] == threshold}
+        if len(at_level) == 1:
+            (unit,) = at_level
+            ranked += [(recipient, role, index) for recipient, units_of in units.items() if units_of == unit]
+        elif at_level:
+            ranked += [(recipient, role, index) for recipient, units_of in units.items() if units_of in at_level]
+    ranked.sort()  # by (recipient, role): as ``split`` breaks ties
+    return tables, threshold, ranked[:rest]
 
 
 def split_member(
     fee: int, weight_sum: int, groups: Sequence[tuple[str, dict[str, int], int]]
 ) -> list[tuple[str, dict[str, int]]]:
     """Largest remainder over one member's (recipient, role) keys, exactly as ``split`` does it,
-    computed per distinct weight rather than per key.
-
-    ``groups`` is (role, {recipient: units}, bps) per role: a key's weight is units x bps, and
-    ``weight_sum`` their sum. Keys of equal weight have equal floors and remainders, and a member
-    has few distinct weights: the leftover units go to the largest remainders a whole level of
-    equal remainders at a time, and only a level that gets fewer units than it has keys is
-    sorted, by (recipient, role) as in ``split``. Amounts are then handed out per distinct
-    weight by C-level passes, never by a Python loop per key."""
-    require(fee >= 0 and weight_sum > 0, "split_member: bad fee or weights")
-    tables: list[tuple[str, dict[str, int], dict[int, int], dict[int, int], Counter[int]]] = []
-    given = keys = 0
-    for role, units, bps in groups:
-        if not units or not bps:
-            continue
-        multiplicity = Counter(units.values())
-        floors: dict[int, int] = {}
-        remainders: dict[int, int] = {}
-        for unit, many in multiplicity.items():
-            floors[unit], remainders[unit] = divmod(fee * unit * bps, weight_sum)
-            given += floors[unit] * many
-        keys += len(units)
-        tables.append((role, units, floors, remainders, multiplicity))
-    left = fee - given
-    require(0 <= left <= keys, "split_member: leftover out of range")
-    extra: list[tuple[str, str, int]] = []
-    if left:
-        levels: dict[int, list[tuple[int, int]]] = {}
-        for index, (_, _, _, remainders, _) in enumerate(tables):
-            for unit, remainder in remainders.items():
-                if remainder:
-                    levels.setdefault(remainder, []).append((index, unit))
-        for remainder in sorted(levels, reverse=True):
-            level = levels[remainder]
-            size = sum(tables[index][4][unit] for index, unit in level)
-            if size <= left:
-                for index, unit in level:
-                    tables[index][2][unit] += 1  # every key of this weight gets one unit more
-                left -= size
-            else:
-                ranked = sorted(
-                    (recipient, tables[index][0], index)
-                    for index, unit in level
-                    for recipient, units_of in tables[index][1].items()
-                    if units_of == unit
-                )
-                extra = ranked[:left]
-                left = 0
-            if not left:
-                break
-        require(left == 0, "split_member: leftover units not handed out")
+    computed per distinct weight rather than per key (``_split_tables``, which
+    ``plan_distribution`` uses directly): per role, each recipient's amount."""
+    tables, cut, extra = _split_tables(fee, weight_sum, groups, {})
     parts = [
-        (role, dict(zip(units, map(floors.__getitem__, units.values()), strict=True)))
-        for role, units, floors, _, _ in tables
+        (role, {recipient: floor_of[unit] + (remainder_of[unit] > cut) for recipient, unit in units.items()})
+        for role, units, _, floor_of, remainder_of in tables
     ]
     for recipient, _, index in extra:
         parts[index][1][recipient] += 1
