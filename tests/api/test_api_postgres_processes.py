@@ -42,8 +42,17 @@ def _headers(key: str) -> dict[str, str]:
 
 
 def _start_servers(count: int, db_url: str, key_file: Path, log: IO[str]) -> list[Server]:
-    first = _start(db_url, key_file, log)  # creates the admin key file the others then read
-    return [first, *(_start(db_url, key_file, log) for _ in range(count - 1))]
+    """Start ``count`` servers one after another (the first creates the admin key file the
+    others then read); if one fails to start, stop those already running."""
+    servers: list[Server] = []
+    try:
+        for _ in range(count):
+            servers.append(_start(db_url, key_file, log))
+    except BaseException:
+        for server in servers:
+            _stop(server)
+        raise
+    return servers
 
 
 def _set_up(server: Server, key: str) -> None:

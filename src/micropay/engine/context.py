@@ -42,7 +42,10 @@ class DocumentReader(Protocol):
 class BatchContext:
     """What one operation may do inside an engine batch: the view a model works against.
 
-    Everything it does commits with the batch, or is undone if the operation raises.
+    Everything it does commits with the batch, or is undone if the operation raises. On a
+    shared database a batch that conflicts with another writer runs again, so an operation
+    may run more than once before its batch commits: it must act only through this context
+    (or take its inputs once), never with effects outside it that a second run would repeat.
     """
 
     def __init__(self, state: LedgerState, documents: DocumentReader, now_ns: int) -> None:

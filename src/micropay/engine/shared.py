@@ -13,6 +13,7 @@ twice: the database's primary keys decide which writer's transfer exists.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,8 @@ from micropay.ledger.limits import NS_PER_S
 from micropay.ledger.types import AccountRow, BalanceRow
 from micropay.store.base import Document
 from micropay.store.postgres import PostgresBatch, PostgresStore
+
+log = logging.getLogger("micropay.engine")
 
 ATTEMPTS_MAX = 12
 """Most times one batch is run before its callers get a StoreError (and the API a 503)."""
@@ -213,6 +216,13 @@ class SharedCore:
             except BatchConflict as conflict:
                 batch.rollback()
                 self._stats.retries += 1
+                log.log(
+                    logging.INFO if attempt == 0 else logging.WARNING,
+                    "batch of %d operations ran into another writer (attempt %d): %s",
+                    len(ops),
+                    attempt + 1,
+                    conflict,
+                )
                 known_ids.update(conflict.transfer_ids)
                 time.sleep(RETRY_BACKOFF_S * (2**attempt) * random.uniform(0.5, 1.5))
                 now_ns = max(now_ns, self._clock_ns())

@@ -146,9 +146,14 @@ class _Run:
     def __init__(self, batcher: ChargeBatcher) -> None:
         self._batcher = batcher
         self._items: list[_Item] = []
+        self._taken = False
 
     def operation(self, ctx: BatchContext) -> list[ChargeResult]:
-        self._items = self._batcher._take()
+        # Take the queue once: on a shared database a conflicted batch runs its operations
+        # again, and a second take would strand the charges the first one took.
+        if not self._taken:
+            self._items = self._batcher._take()
+            self._taken = True
         if not self._items:
             return []
         requests = [item.request for item in self._items]
