@@ -3,7 +3,9 @@
 Reads see committed state only (``engine.document``, ``engine.account``); the routes that call
 them are plain ``def`` routes, which FastAPI runs in its threadpool, so a read waiting for a batch
 being written never blocks the event loop. Lists come from index documents
-(``micropay.models.index``): one owner's objects are one range read, never a scan of all.
+(``micropay.models.index``): one owner's objects are one range read, never a scan of all. One
+payer's or merchant's charges come from the ledger's history of its accounts instead
+(``payments.owner_charge_ids``): a charge writes no index documents.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from micropay.bench.charges import engine_thread_cpu_s
 from micropay.bench.http import free_port, start_server, stop_server
 from micropay.bench.report import Reporter
 from micropay.engine import Engine
@@ -281,7 +282,9 @@ def bench_metering(
             prepare(engine, payers)
             workload = make_events(events, payers, rng)
             before = (engine.stats.batches, engine.stats.apply_s, engine.stats.write_s)
+            engine_cpu_s = engine_thread_cpu_s()
             elapsed, tally = run_batches(engine, workload, batch_size)
+            engine_cpu_s = engine_thread_cpu_s() - engine_cpu_s
             batches = engine.stats.batches - before[0]
             apply_s, write_s = engine.stats.apply_s - before[1], engine.stats.write_s - before[2]
             if tally.refused:
@@ -292,6 +295,7 @@ def bench_metering(
             report.figure("batches", batches, "1")
             report.figure("apply_us_per_event", apply_s / events * 1e6, "us")
             report.figure("write_us_per_event", write_s / events * 1e6, "us")
+            report.figure("engine_cpu_us_per_event", engine_cpu_s / events * 1e6, "us")
             report.note(
                 f"{tally.charged:,} charged, {tally.declined:,} declined; "
                 f"{checked:,} payer-plan usages add up to floor(price(total))"

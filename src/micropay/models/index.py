@@ -14,13 +14,11 @@ as strings):
 
 from __future__ import annotations
 
-import orjson
-
 from micropay.engine import BatchContext
+from micropay.models.records import dumps
 
-# Owner indexes.
-CHARGE_BY_PAYER = "charge_by_payer"
-CHARGE_BY_MERCHANT = "charge_by_merchant"
+# Owner indexes. (One payer's or merchant's charges need none: they are listed from the ledger's
+# history of its accounts, ``payments.owner_charge_ids``.)
 TOPUP_BY_PAYER = "topup_by_payer"
 PASS_BY_PAYER = "pass_by_payer"
 PASS_BY_MERCHANT = "pass_by_merchant"
@@ -65,4 +63,4 @@ def due_bound(now_ns: int) -> str:
 
 
 def put_due(ctx: BatchContext, kind: str, due_ns: int, object_id: str, body: dict[str, str]) -> None:
-    ctx.put_document(kind, due_key(due_ns, object_id), orjson.dumps(body))
+    ctx.put_document(kind, due_key(due_ns, object_id), dumps(body))

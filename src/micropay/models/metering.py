@@ -35,16 +35,16 @@ from typing import Any, NamedTuple
 import orjson
 
 from micropay.engine import BatchContext, Engine
-from micropay.errors import ApiError, Conflict, MicropayError, NotFound, PaymentDeclined, Refused
+from micropay.errors import ApiError, Conflict, InvariantViolation, MicropayError, NotFound, PaymentDeclined, Refused
 from micropay.ledger import Result, TransferRequest, outcome_codes
 from micropay.ledger.limits import AMOUNT_MAX, NS_PER_S
 from micropay.models import chart, index
 from micropay.models import payments as pay
+from micropay.models.collection import PayerRoom, check_amount, collection_legs, open_room
 from micropay.models.payments import DESCRIPTION_LENGTH_MAX, ChargeRequest, Outcome, charge_now, get_merchant, get_payer
 from micropay.models.pricing import QUANTITY_MAX, Pricing, minimum_text, parse_pricing, pricing_to_json
-from micropay.models.records import CapUsage, Charge, Merchant, Payer, decode_cap_usage, encode
-from micropay.models.rules import BPS_DENOMINATOR, Sources, consume_grants, period_key, spendable_grants
-from micropay.models.tab import ACCRUAL_BUCKETS_MAX, NS_PER_MINUTE, accrue, read_accrual
+from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, encode, encode_charge, sources_of
+from micropay.models.rules import period_key, platform_fee
 
 PLAN, USAGE, USAGE_EVENT = "plan", "usage", "usage_event"
 PLAN_BY_MERCHANT = "plan_by_merchant"
@@ -146,7 +146,7 @@ def decode_usage(body: bytes) -> Usage:
 def encode_event(event: UsageEvent) -> bytes:
     """An event as a JSON array of its fields in order: written once per event, so kept small
     and quick to make (a third of the time and half the bytes of the object form)."""
-    return orjson.dumps(tuple(event))
+    return dumps(tuple(event))
 
 
 def decode_event(body: bytes) -> UsageEvent:
@@ -218,7 +218,7 @@ def read_usage(ctx: BatchContext, plan_id: str, period: str, payer_id: str) -> U
 
 def put_event_bucket(ctx: BatchContext, payer_id: str, event_ids: list[str]) -> None:
     key = f"{payer_id}:{ctx.now_ns:020d}:{event_ids[0]}"
-    ctx.put_document(USAGE_EVENT_BY_PAYER, key, orjson.dumps(event_ids))
+    ctx.put_document(USAGE_EVENT_BY_PAYER, key, dumps(event_ids))
 
 
 def list_payer_events(
@@ -367,12 +367,6 @@ def _quantity_after(before: int, quantity: int, rates: Pricing) -> int:
     return after
 
 
-def _check_amount(amount: int) -> None:
-    """``payments.check_amount`` for an amount known to be positive."""
-    if amount > AMOUNT_MAX:
-        raise Refused("amount_exceeds_maximum", f"the amount may be at most {AMOUNT_MAX}", "amount")
-
-
 def usage_charge_id(event_id: str) -> str:
     """The charge that pays an event (and, in a batch, the later events of its group)."""
     return f"usage:{event_id}"
@@ -398,7 +392,7 @@ def record_event(request: EventRequest) -> Callable[[BatchContext], Outcome[Usag
             # Even an event that would cost nothing now: its units would be paid for later.
             status, decline_code, amount = "declined", "payer_suspended", 0
         elif amount:
-            _check_amount(amount)
+            check_amount(amount)
             charge_id = usage_charge_id(request.id)
             try:
                 charge_now(ctx, ChargeRequest(charge_id, payer.id, plan.merchant_id, amount, plan.metric, kind="usage"))
@@ -431,27 +425,10 @@ def record_event(request: EventRequest) -> Callable[[BatchContext], Outcome[Usag
 
 # ----------------------------------------------------------------- rating a batch
 @dataclass(slots=True)
-class _Funds:
-    """What a payer can still spend in this batch, as ``payments.collect`` would see it event by
-    event: promo, wallet and tab room, and what each spending cap has used."""
-
-    promo: int
-    wallet: int
-    tab: int
-    caps: list[tuple[str, int]]  # (period key, cap amount) per cap
-    cap_keys: tuple[str, ...]  # the distinct period keys of the caps
-    used: dict[str, int]  # period key -> used, as the cap usage document says plus this batch
-    cap_usage: CapUsage
-    tab_blocked: bool | None = None  # None: not looked at yet
-    spent: int = 0
-    tab_taken: int = 0
-
-
-@dataclass(slots=True)
 class _PayerState:
     payer: Payer
     active: bool
-    funds: _Funds | None = None
+    room: PayerRoom | None = None  # what the payer can still spend (read at its first charge)
     charges: dict[str, _Charge] = field(default_factory=dict)  # by merchant, in order of the first event
     event_ids: list[str] = field(default_factory=list)  # events recorded for the payer in this batch
 
@@ -577,7 +554,7 @@ class _Batch:
         )
         self.events[event_id] = event
         state.event_ids.append(event_id)
-        self.ctx.put_document(USAGE_EVENT, event_id, orjson.dumps(tuple(event)))
+        self.ctx.put_document(USAGE_EVENT, event_id, dumps(tuple(event)))
         return event, False
 
     def _plan(self, plan_id: str) -> _PlanState:
@@ -634,38 +611,14 @@ class _Batch:
         decline code, or the batch's charge of this payer and merchant that took it (raise for
         what ``charge_now`` would raise)."""
         if amount > AMOUNT_MAX:
-            _check_amount(amount)  # raises the refusal
+            check_amount(amount)  # raises the refusal
         merchant_id = plan.merchant_id
         percent_bps, fixed = self.merchants.get(merchant_id) or self._merchant(merchant_id)
-        funds = state.funds or self._funds(state)
-        used = funds.used
-        for cap_key, cap_amount in funds.caps:
-            if used[cap_key] + amount > cap_amount:
-                return "spend_cap_exceeded"
-        # rules.allocate, written out for this path (no Sources made per event).
-        promo = amount if amount <= funds.promo else funds.promo
-        rest = amount - promo
-        mode = state.payer.mode
-        if mode == "postpay":
-            promo, wallet, tab = 0, 0, amount
-            if amount > funds.tab:
-                return "credit_limit_exceeded"
-        else:
-            wallet = rest if rest <= funds.wallet else funds.wallet
-            tab = rest - wallet
-            if tab and mode == "prepay":
-                return "insufficient_funds"
-            if tab > funds.tab:
-                return "credit_limit_exceeded"
-        if tab and self._tab_blocked(state.payer.id, funds):
-            raise Refused("tab_usage_unbilled_too_long", "close a statement for this tab first", "payer_id")
-        funds.promo -= promo
-        funds.wallet -= wallet
-        funds.tab -= tab
-        funds.spent += amount
-        funds.tab_taken += tab
-        for cap_key in funds.cap_keys:
-            used[cap_key] += amount
+        room = state.room or self._room(state)
+        taken = room.take(self.ctx, amount)
+        if isinstance(taken, str):
+            return taken
+        promo, wallet, tab = taken
         charge = state.charges.get(merchant_id)
         if charge is None:
             charge = state.charges[merchant_id] = _Charge(merchant_id, usage_charge_id(event_id), [plan.metric])
@@ -674,49 +627,13 @@ class _Batch:
         charge.promo += promo
         charge.wallet += wallet
         charge.tab += tab
-        # rules.platform_fee: min(amount, fixed + amount * percent_bps // 10000).
-        if percent_bps or fixed:
-            fee = fixed + amount * percent_bps // BPS_DENOMINATOR
-            charge.fee += fee if fee < amount else amount
+        if percent_bps or fixed:  # the fee of each event's own charge
+            charge.fee += platform_fee(amount, percent_bps, fixed)
         return charge
 
-    def _funds(self, state: _PayerState) -> _Funds:
-        ctx, payer, now_ns = self.ctx, state.payer, self.now_ns
-        ledger = payer.ledger
-        cap_usage = CapUsage(payer.id)
-        if payer.spend_caps:
-            body = ctx.get_document(pay.CAP_USAGE, payer.id)
-            cap_usage = cap_usage if body is None else decode_cap_usage(body)
-        caps = [(period_key(cap.period, now_ns), cap.amount) for cap in payer.spend_caps]
-        used = {cap_key: cap_usage.amount(cap_key) for cap_key, _ in caps}
-        promo_room = self._available(chart.promo_account(payer.id, ledger))
-        if promo_room > 0:  # else no grant can be spent: skip reading them
-            grants = pay.payer_promo(ctx, payer.id, ledger).grants
-            promo_room = min(promo_room, sum(grant.remaining for grant in spendable_grants(grants, now_ns)))
-        funds = state.funds = _Funds(
-            promo=promo_room,
-            wallet=max(self._available(chart.wallet_account(payer.id, ledger)), 0),
-            tab=max(self._available(chart.tab_account(payer.id, ledger)), 0),
-            caps=caps,
-            cap_keys=tuple(used),
-            used=used,
-            cap_usage=cap_usage,
-        )
-        return funds
-
-    def _available(self, account_id: str) -> int:
-        account = self.ctx.account(account_id)
-        if account is None:
-            raise MicropayError(f"account {account_id} is missing")
-        return account.available
-
-    def _tab_blocked(self, payer_id: str, funds: _Funds) -> bool:
-        """Whether accruing on the tab now would open a bucket past ``ACCRUAL_BUCKETS_MAX``."""
-        if funds.tab_blocked is None:
-            minutes = dict(read_accrual(self.ctx, payer_id).minutes)
-            minute = self.now_ns // NS_PER_MINUTE
-            funds.tab_blocked = minute not in minutes and len(minutes) + 1 > ACCRUAL_BUCKETS_MAX
-        return funds.tab_blocked
+    def _room(self, state: _PayerState) -> PayerRoom:
+        room = state.room = open_room(self.ctx, state.payer)
+        return room
 
     # ------------------------------------------------------------- booking the batch
     def book(self) -> None:
@@ -725,26 +642,22 @@ class _Batch:
         ctx, now_ns = self.ctx, self.now_ns
         legs: list[TransferRequest] = []
         for state in self.payers.values():
-            payer_id, ledger = state.payer.id, state.payer.ledger
+            room = state.room
             for charge in state.charges.values():
+                if room is None:
+                    raise InvariantViolation("a payer charged in a batch has no room")
                 merchant_account = chart.merchant_account(charge.merchant_id)
-                prefix = f"charge:{charge.charge_id}"
-                for leg, part, account_id in (
-                    ("promo", charge.promo, chart.promo_account(payer_id, ledger)),
-                    ("wallet", charge.wallet, chart.wallet_account(payer_id, ledger)),
-                    ("tab", charge.tab, chart.tab_account(payer_id, ledger)),
-                ):
-                    if part:
-                        legs.append(TransferRequest(f"{prefix}:{leg}", account_id, merchant_account, part, ledger))
+                prefix = "charge:" + charge.charge_id
+                legs += collection_legs(room, (charge.promo, charge.wallet, charge.tab), merchant_account, prefix)
                 if charge.fee:
-                    fees = chart.fees_account(ledger)
-                    legs.append(TransferRequest(f"{prefix}:fee", merchant_account, fees, charge.fee, ledger))
+                    fees = chart.fees_account(room.payer.ledger)
+                    legs.append(TransferRequest(prefix + ":fee", merchant_account, fees, charge.fee, room.payer.ledger))
         if legs and any(code is not Result.OK for code in outcome_codes(ctx.create_transfers(legs))):
             raise GroupedChargeFailed("a grouped usage transfer did not apply")
         earnings: dict[str, int] = {}
         for state in self.payers.values():
-            if state.charges:
-                self._book_payer(state, earnings)
+            if state.room is not None:
+                self._book_payer(state, state.room, earnings)
             if state.event_ids:
                 put_event_bucket(ctx, state.payer.id, state.event_ids)
         for merchant_id, net in earnings.items():
@@ -763,44 +676,29 @@ class _Batch:
                 )
                 ctx.put_document(USAGE, usage_key(plan_id, period, payer_id), encode(usage))
 
-    def _book_payer(self, state: _PayerState, earnings: dict[str, int]) -> None:
+    def _book_payer(self, state: _PayerState, room: PayerRoom, earnings: dict[str, int]) -> None:
         ctx, now_ns, payer = self.ctx, self.now_ns, state.payer
-        funds = state.funds
-        if funds is None:
-            raise MicropayError("a payer charged in a batch has no funds state")
-        promo_total = sum(charge.promo for charge in state.charges.values())
-        promo = pay.payer_promo(ctx, payer.id, payer.ledger) if promo_total else None
-        grants = promo.grants if promo is not None else ()
         for charge in state.charges.values():
-            taken: tuple[tuple[str, int], ...] = ()
-            if charge.promo:
-                grants, taken = consume_grants(grants, charge.promo, now_ns)
             amount = charge.promo + charge.wallet + charge.tab
             record = Charge(
-                id=charge.charge_id,
-                payer_id=payer.id,
-                merchant_id=charge.merchant_id,
-                ledger=payer.ledger,
-                amount=amount,
-                platform_fee=charge.fee,
-                merchant_amount=amount - charge.fee,
-                sources=Sources(charge.promo, charge.wallet, charge.tab),
-                promo_taken=taken,
-                refunded=Sources(0, 0, 0),
-                description=", ".join(charge.metrics)[:DESCRIPTION_LENGTH_MAX],
-                status="succeeded",
-                created_at_ns=now_ns,
-                kind="usage",
+                charge.charge_id,
+                payer.id,
+                charge.merchant_id,
+                payer.ledger,
+                amount,
+                charge.fee,
+                amount - charge.fee,
+                sources_of(charge.promo, charge.wallet, charge.tab),
+                room.spend_promo(charge.promo),
+                NO_SOURCES,
+                ", ".join(charge.metrics)[:DESCRIPTION_LENGTH_MAX],
+                "succeeded",
+                now_ns,
+                "usage",
             )
-            ctx.put_document(pay.CHARGE, record.id, encode(record))
-            index.put_owner_index(ctx, index.CHARGE_BY_PAYER, payer.id, record.id)
-            index.put_owner_index(ctx, index.CHARGE_BY_MERCHANT, charge.merchant_id, record.id)
+            ctx.put_document(pay.CHARGE, record.id, encode_charge(record))
             earnings[charge.merchant_id] = earnings.get(charge.merchant_id, 0) + amount - charge.fee
-        if promo is not None:
-            ctx.put_document(pay.PAYER_PROMO, f"{payer.id}:{payer.ledger}", encode(replace(promo, grants=grants)))
-        if payer.spend_caps:
-            pay._add_usage(ctx, funds.cap_usage, payer.spend_caps, funds.spent, now_ns)
-        accrue(ctx, payer.id, funds.tab_taken)
+        room.book(ctx)
 
 
 def record_events(requests: Sequence[EventRequest]) -> Callable[[BatchContext], list[EventResult]]:

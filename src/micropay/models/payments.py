@@ -8,13 +8,12 @@ Raising ``Refused`` (or any error) undoes everything the operation did: a declin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-import orjson
-
-from micropay.engine import BatchContext
+from micropay.engine import BatchContext, Engine
 from micropay.errors import (
     ApiError,
     Conflict,
@@ -26,11 +25,15 @@ from micropay.errors import (
     Refused,
     require,
 )
-from micropay.ledger import Account, AccountRequest, Result, TransferFlags, TransferRequest, outcome_codes
+from micropay.ledger import AccountRequest, Result, Transfer, TransferFlags, TransferRequest, outcome_codes
 from micropay.ledger.limits import AMOUNT_MAX
 from micropay.models import chart, index
+from micropay.models.collection import CAP_USAGE as CAP_USAGE  # re-exported: the payer's records
+from micropay.models.collection import PAYER_PROMO as PAYER_PROMO
+from micropay.models.collection import PayerRoom, collection_legs, open_room
+from micropay.models.collection import check_amount as check_amount
 from micropay.models.records import (
-    CapUsage,
+    NO_SOURCES,
     Charge,
     Merchant,
     MerchantHolds,
@@ -39,7 +42,6 @@ from micropay.models.records import (
     Refund,
     SpendCap,
     Topup,
-    decode_cap_usage,
     decode_charge,
     decode_merchant,
     decode_merchant_holds,
@@ -47,19 +49,18 @@ from micropay.models.records import (
     decode_payer_promo,
     decode_refund,
     decode_topup,
+    dumps,
     encode,
+    encode_charge,
+    sources_of,
 )
 from micropay.models.rules import (
     CAP_PERIODS,
     MODES,
     Sources,
-    allocate,
-    consume_grants,
-    period_key,
     platform_fee,
     refund_split,
     restore_grants,
-    spendable_grants,
 )
 from micropay.models.tab import accrue
 from micropay.settlement.rails import RailOutcome, Rails
@@ -77,7 +78,8 @@ _LINKED = int(TransferFlags.LINKED)
 _NS_PER_DAY = 86_400 * 1_000_000_000
 
 # Document kinds.
-PAYER, PAYER_PROMO, CAP_USAGE = "payer", "payer_promo", "cap_usage"
+PAYER = "payer"
+# PAYER_PROMO and CAP_USAGE (``collection``) are the payer's promo grants and cap usage.
 PAYER_REQUEST = "payer_request"
 """The fields a payer was created with, which a replay of its create must match (PATCH may
 change the payer's credit limit and caps later; the create request stays what it was)."""
@@ -147,13 +149,6 @@ def scale_of(ctx: BatchContext, ledger: str) -> int:
     return found.scale
 
 
-def _account(ctx: BatchContext, account_id: str) -> Account:
-    account = ctx.account(account_id)
-    if account is None:
-        raise InvariantViolation(f"account {account_id} is missing")
-    return account
-
-
 # ----------------------------------------------------------------- set-up
 def ensure_platform_accounts(ctx: BatchContext, ledger: str, rails: Rails) -> None:
     """Open the platform's accounts on ``ledger`` if they are not there yet."""
@@ -171,14 +166,6 @@ def open_accounts(ctx: BatchContext, requests: list[AccountRequest]) -> None:
     for code, _ in ctx.create_accounts(requests):
         if code not in (Result.OK, Result.EXISTS):
             raise InvariantViolation(f"opening model accounts failed: {code}")
-
-
-def check_amount(amount: int, param: str = "amount") -> None:
-    """An amount a request names: a positive integer no larger than one transfer may move."""
-    if amount <= 0:
-        raise Refused("amount_must_be_positive", "the amount must be a positive integer", param)
-    if amount > AMOUNT_MAX:
-        raise Refused("amount_exceeds_maximum", f"the amount may be at most {AMOUNT_MAX}", param)
 
 
 def _check_caps(caps: tuple[SpendCap, ...]) -> None:
@@ -249,7 +236,7 @@ def create_payer(request: PayerRequest, rails: Rails) -> Callable[[BatchContext]
 
 
 def _payer_fingerprint(ledger: str, mode: str, credit_limit: int, caps: tuple[SpendCap, ...]) -> bytes:
-    return orjson.dumps([ledger, mode, credit_limit, [[cap.period, cap.amount] for cap in caps]])
+    return dumps([ledger, mode, credit_limit, [[cap.period, cap.amount] for cap in caps]])
 
 
 def update_payer(
@@ -491,16 +478,17 @@ def charge(request: ChargeRequest) -> Callable[[BatchContext], Outcome[Charge]]:
 def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[ChargeResult]]:
     """Many charges in one operation, each answered as ``charge`` would answer it alone, in order.
 
-    Each charge is checked and its records written as it comes; its transfers are held back and
-    applied together at the end, as independent transfers (the ledger's column-wise fast path).
-    They cannot fail: each charge was checked against what the earlier ones in the operation
-    take (``taken``). If they fail all the same, the whole operation is undone
-    (``ChargeBatchFailed``).
+    Each charge is decided as it comes, against what the earlier ones of the operation took
+    (each payer's ``PayerRoom``, read once), and its record written; its transfers are held
+    back and applied together at the end, as independent transfers (the ledger's column-wise
+    fast path), and the payers' and merchants' running records are written once. The
+    transfers cannot fail: each charge was checked against the room the earlier ones left. If
+    they fail all the same, the whole operation is undone (``ChargeBatchFailed``).
     """
     require(len(requests) <= CHARGES_PER_OPERATION_MAX, "charge_many: too many charges for one operation")
 
     def run(ctx: BatchContext) -> list[ChargeResult]:
-        taken: dict[str, int] = {}
+        desk = ChargeDesk(ctx)
         made: set[str] = set()
         legs: list[TransferRequest] = []
         results: list[ChargeResult] = []
@@ -510,21 +498,19 @@ def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[
                 if existing is not None:
                     results.append((existing, True))
                     continue
-                planned = _plan_charge(ctx, request, taken)
-                record = _finish_charge(ctx, request, planned)
-            except (ApiError, MalformedRequest) as error:  # this charge only; nothing of it was written
+                record, charge_legs = desk.plan(request)
+            except (ApiError, MalformedRequest) as error:  # this charge only; nothing of it was taken
                 results.append(error)
                 continue
-            for leg in planned.collection.legs:
-                taken[leg.debit_account_id] = taken.get(leg.debit_account_id, 0) + (leg.amount or 0)
-            legs.extend(planned.collection.legs)
-            legs.extend(planned.fee_legs)
+            desk.write(record)
+            legs += charge_legs
             made.add(request.id)
             results.append((record, False))
         if legs:
             failed = [code for code in outcome_codes(ctx.create_transfers(legs)) if code is not Result.OK]
             if failed:
                 raise ChargeBatchFailed(f"{len(failed)} checked charge transfers failed, first {failed[0].value}")
+        desk.book()
         return results
 
     return run
@@ -537,9 +523,9 @@ def _existing_charge(ctx: BatchContext, request: ChargeRequest, made: set[str]) 
     (an in-memory lookup) there is nothing to read; only a possible replay reads the record."""
     charge_id = request.id
     if charge_id not in made:
-        prefix = f"charge:{charge_id}:"
+        prefix = "charge:" + charge_id
         exists = ctx.transfer_exists
-        if not (exists(prefix + "wallet") or exists(prefix + "promo") or exists(prefix + "tab")):
+        if not (exists(prefix + ":wallet") or exists(prefix + ":promo") or exists(prefix + ":tab")):
             return None
     existing = _read(ctx, CHARGE, charge_id, decode_charge)
     if existing is None:
@@ -551,94 +537,76 @@ def _existing_charge(ctx: BatchContext, request: ChargeRequest, made: set[str]) 
     return existing
 
 
+# ----------------------------------------------------------------- listing one owner's charges
+HISTORY_PAGE_MAX = 1000
+"""Most transfers one account-history read asks for (the engine's limit)."""
+
+
+def charge_of_transfer(transfer_id: str) -> str | None:
+    """The charge a transfer is a leg of (``charge:{id}:promo|wallet|tab``), else None."""
+    if not transfer_id.startswith("charge:"):
+        return None
+    head, _, leg = transfer_id.rpartition(":")
+    return head[7:] if leg in CHARGE_LEGS else None
+
+
+def owner_charge_ids(
+    engine: Engine, accounts: Sequence[str], *, paid_from: bool, starting_after: str | None, limit: int
+) -> tuple[list[str], bool]:
+    """The charges that took money from ``accounts`` (``paid_from``: a payer's promo, wallet and
+    tab) or paid into them (a merchant's account), newest first: ``limit`` of them after the
+    charge ``starting_after`` (one of these; else the page is empty), and whether more follow.
+
+    Read from the ledger's account history, not from index documents: every charge moved money
+    by at least one leg ``charge:{id}:promo|wallet|tab``, and the legs of one charge are applied
+    together, so no other charge's leg falls between them."""
+    wanted = frozenset(accounts)
+
+    def side(transfer: Transfer) -> str:
+        return transfer.debit_account_id if paid_from else transfer.credit_account_id
+
+    before: int | None = None
+    if starting_after is not None:
+        legs = (engine.transfer(f"charge:{starting_after}:{leg}") for leg in CHARGE_LEGS)
+        stamps = [leg.timestamp for leg in legs if leg is not None and side(leg) in wanted]
+        if not stamps:
+            return [], False
+        before = min(stamps)
+    page = min(HISTORY_PAGE_MAX, 2 * limit + 8)  # a merchant's history also holds the fee legs
+
+    def history(account_id: str) -> Iterator[Transfer]:
+        below = before
+        while True:
+            transfers = engine.account_transfers(account_id, limit=page, before_timestamp=below)
+            yield from transfers
+            if len(transfers) < page:
+                return
+            below = transfers[-1].timestamp
+
+    ids: list[str] = []
+    seen: set[str] = set()
+    newest_first = heapq.merge(*(history(account) for account in wanted), key=_timestamp, reverse=True)
+    for transfer in newest_first:
+        charge_id = charge_of_transfer(transfer.id)
+        if charge_id is None or charge_id in seen or side(transfer) not in wanted:
+            continue
+        seen.add(charge_id)
+        ids.append(charge_id)
+        if len(ids) > limit:
+            break
+    return ids[:limit], len(ids) > limit
+
+
+def _timestamp(transfer: Transfer) -> int:
+    return transfer.timestamp
+
+
 @dataclass(frozen=True, slots=True)
 class Collected:
     """What ``collect`` took from a payer: the parts by source and the promo grants spent."""
 
     sources: Sources
     promo_taken: tuple[tuple[str, int], ...]
-
-
-@dataclass(slots=True)
-class _Collection:
-    """A collection decided but not yet booked: where the money comes from, the legs moving
-    it, and the records it read (to update once it is booked; None: there is none)."""
-
-    sources: Sources
-    legs: list[TransferRequest]
-    promo: PayerPromo | None
-    usage: CapUsage | None
-
-
-def _plan_collection(
-    ctx: BatchContext,
-    payer: Payer,
-    amount: int,
-    destination: str,
-    transfer_prefix: str,
-    taken: dict[str, int] | None = None,
-) -> _Collection:
-    """Decide how ``amount`` is taken from the payer (status, caps, promo, wallet, tab by its
-    mode), reading balances less what ``taken`` says this operation already took and has not
-    yet booked. Raises the decline; moves and writes nothing."""
-    check_amount(amount)
-    if payer.status != "active":
-        raise PaymentDeclined("payer_suspended", "the payer is suspended", "payer_id")
-    now_ns = ctx.now_ns
-    usage: CapUsage | None = None
-    if payer.spend_caps:
-        usage = _read(ctx, CAP_USAGE, payer.id, decode_cap_usage) or CapUsage(payer.id)
-        for cap in payer.spend_caps:
-            if usage.amount(period_key(cap.period, now_ns)) + amount > cap.amount:
-                raise PaymentDeclined("spend_cap_exceeded", f"the payer's {cap.period} spending cap would be crossed")
-    ledger = payer.ledger
-    mode = payer.mode
-    promo = _read(ctx, PAYER_PROMO, f"{payer.id}:{ledger}", decode_payer_promo)
-    promo_account = chart.promo_account(payer.id, ledger)
-    wallet_account = chart.wallet_account(payer.id, ledger)
-    tab_account = chart.tab_account(payer.id, ledger)
-    held = taken or {}
-    # Read only the balances this payer's mode can spend (postpay: the tab alone; prepay: no tab).
-    promo_available = wallet_available = tab_available = 0
-    if mode != "postpay":
-        if promo is not None and promo.grants:
-            promo_available = sum(grant.remaining for grant in spendable_grants(promo.grants, now_ns))
-        if promo_available:
-            promo_left = _account(ctx, promo_account).available - held.get(promo_account, 0)
-            promo_available = min(promo_available, promo_left)
-        wallet_available = max(_account(ctx, wallet_account).available - held.get(wallet_account, 0), 0)
-    if mode != "prepay":
-        tab_available = max(_account(ctx, tab_account).available - held.get(tab_account, 0), 0)
-    sources = allocate(mode, amount, promo_available, wallet_available, tab_available)
-    if isinstance(sources, str):
-        raise PaymentDeclined(sources, "the payer cannot pay this amount")
-    legs = []
-    if sources.promo:
-        legs.append(TransferRequest(f"{transfer_prefix}:promo", promo_account, destination, sources.promo, ledger))
-    if sources.wallet:
-        legs.append(TransferRequest(f"{transfer_prefix}:wallet", wallet_account, destination, sources.wallet, ledger))
-    if sources.tab:
-        legs.append(TransferRequest(f"{transfer_prefix}:tab", tab_account, destination, sources.tab, ledger))
-    return _Collection(sources, legs, promo, usage)
-
-
-def _finish_collection(ctx: BatchContext, payer: Payer, amount: int, collection: _Collection) -> Collected:
-    """Write what a booked collection changes: tab usage, promo grants spent, cap usage.
-
-    The tab accrual goes first: it is the only step that may refuse, and then nothing is written."""
-    now_ns = ctx.now_ns
-    sources = collection.sources
-    accrue(ctx, payer.id, sources.tab)
-    promo_taken: tuple[tuple[str, int], ...] = ()
-    if sources.promo:
-        promo = collection.promo
-        if promo is None:
-            raise InvariantViolation("promo spent without promo grants")
-        grants, promo_taken = consume_grants(promo.grants, sources.promo, now_ns)
-        ctx.put_document(PAYER_PROMO, f"{payer.id}:{payer.ledger}", encode(replace(promo, grants=grants)))
-    if collection.usage is not None:
-        _add_usage(ctx, collection.usage, payer.spend_caps, amount, now_ns)
-    return Collected(sources, promo_taken)
 
 
 def collect(
@@ -654,118 +622,110 @@ def collect(
 
     Declines (``PaymentDeclined``) are raised before anything moves or is written.
     """
-    collection = _plan_collection(ctx, payer, amount, destination, transfer_prefix)
-    move(ctx, [*collection.legs, *extra_legs], "insufficient_funds")
-    return _finish_collection(ctx, payer, amount, collection)
+    room = open_room(ctx, payer)
+    taken = room.take_or_decline(ctx, amount)
+    move(ctx, [*collection_legs(room, taken, destination, transfer_prefix), *extra_legs], "insufficient_funds")
+    promo_taken = room.spend_promo(taken[0])
+    room.book(ctx)
+    return Collected(sources_of(*taken), promo_taken)
 
 
-@dataclass(slots=True)
-class _PlannedCharge:
-    payer: Payer
-    merchant: Merchant
-    fee: int
-    collection: _Collection
-    fee_legs: tuple[TransferRequest, ...]
+class ChargeDesk:
+    """The charges of one operation: each payer and merchant read once, each payer's room
+    (``collection.PayerRoom``) carried from charge to charge, the merchants' net earnings
+    summed. ``plan`` decides a charge, ``write`` stores its record, ``book`` writes what the
+    operation's charges changed in the payers' and merchants' records once."""
 
+    def __init__(self, ctx: BatchContext) -> None:
+        self.ctx = ctx
+        self.now_ns = ctx.now_ns
+        self.payers: dict[str, Payer] = {}
+        self.merchants: dict[str, tuple[Merchant, str, str]] = {}  # merchant, its account, fees account
+        self.rooms: dict[str, PayerRoom] = {}
+        self.earnings: dict[str, int] = {}  # merchant id -> net earnings of this operation
 
-def _plan_charge(ctx: BatchContext, request: ChargeRequest, taken: dict[str, int] | None) -> _PlannedCharge:
-    check_amount(request.amount)
-    payer = get_payer(ctx, request.payer_id)
-    merchant = get_merchant(ctx, request.merchant_id)
-    if merchant.ledger != payer.ledger:
-        raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
-    ledger = payer.ledger
-    fee = platform_fee(request.amount, merchant.fee_percent_bps, merchant.fee_fixed)
-    merchant_account = chart.merchant_account(merchant.id)
-    prefix = f"charge:{request.id}"
-    fee_legs: tuple[TransferRequest, ...] = ()
-    if fee:
-        fee_legs = (TransferRequest(f"{prefix}:fee", merchant_account, chart.fees_account(ledger), fee, ledger),)
-    collection = _plan_collection(ctx, payer, request.amount, merchant_account, prefix, taken)
-    return _PlannedCharge(payer, merchant, fee, collection, fee_legs)
+    def plan(self, request: ChargeRequest) -> tuple[Charge, list[TransferRequest]]:
+        """Decide one charge (raising its refusal or decline, having taken nothing): its record
+        and its transfers, the money taken from the payer's room."""
+        amount = request.amount
+        if amount <= 0 or amount > AMOUNT_MAX:
+            check_amount(amount)
+        payer = self.payers.get(request.payer_id) or self._payer(request.payer_id)
+        merchant, merchant_account, fees_account = self.merchants.get(request.merchant_id) or self._merchant(
+            request.merchant_id
+        )
+        if merchant.ledger != payer.ledger:
+            raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
+        fee = platform_fee(amount, merchant.fee_percent_bps, merchant.fee_fixed)
+        room = self.rooms.get(payer.id) or self._room(payer)
+        taken = room.take(self.ctx, amount)
+        if isinstance(taken, str):
+            raise room.declined(taken, amount)
+        # Nothing below refuses: the charge is made.
+        prefix = "charge:" + request.id
+        legs = collection_legs(room, taken, merchant_account, prefix)
+        if fee:
+            legs.append(TransferRequest(prefix + ":fee", merchant_account, fees_account, fee, payer.ledger))
+        earnings = self.earnings
+        earnings[merchant.id] = earnings.get(merchant.id, 0) + amount - fee
+        record = Charge(
+            request.id,
+            payer.id,
+            merchant.id,
+            payer.ledger,
+            amount,
+            fee,
+            amount - fee,
+            sources_of(*taken),
+            room.spend_promo(taken[0]),
+            NO_SOURCES,
+            request.description,
+            "succeeded",
+            self.now_ns,
+            request.kind,
+        )
+        return record, legs
 
+    def write(self, record: Charge) -> None:
+        self.ctx.put_document(CHARGE, record.id, encode_charge(record))
 
-def _finish_charge(ctx: BatchContext, request: ChargeRequest, planned: _PlannedCharge) -> Charge:
-    """Write a planned charge's records (it may refuse only before writing anything)."""
-    payer, merchant, fee = planned.payer, planned.merchant, planned.fee
-    collected = _finish_collection(ctx, payer, request.amount, planned.collection)
-    _add_earnings(ctx, merchant, request.amount - fee, ctx.now_ns)
-    record = Charge(
-        id=request.id,
-        payer_id=payer.id,
-        merchant_id=merchant.id,
-        ledger=payer.ledger,
-        amount=request.amount,
-        platform_fee=fee,
-        merchant_amount=request.amount - fee,
-        sources=collected.sources,
-        promo_taken=collected.promo_taken,
-        refunded=_NOTHING,
-        description=request.description,
-        status="succeeded",
-        created_at_ns=ctx.now_ns,
-        kind=request.kind,
-    )
-    ctx.put_document(CHARGE, record.id, encode_charge(record))
-    index.put_owner_index(ctx, index.CHARGE_BY_PAYER, payer.id, record.id)
-    index.put_owner_index(ctx, index.CHARGE_BY_MERCHANT, merchant.id, record.id)
-    return record
+    def book(self) -> None:
+        """Once the charges' money has moved: each payer's tab accrual, promo grants and cap
+        usage, each merchant's earnings on hold."""
+        ctx = self.ctx
+        for room in self.rooms.values():
+            room.book(ctx)
+        for merchant_id, net in self.earnings.items():
+            _add_earnings(ctx, self.merchants[merchant_id][0], net, self.now_ns)
 
+    def _payer(self, payer_id: str) -> Payer:
+        payer = self.payers[payer_id] = get_payer(self.ctx, payer_id)
+        return payer
 
-_NOTHING = Sources(0, 0, 0)
+    def _merchant(self, merchant_id: str) -> tuple[Merchant, str, str]:
+        merchant = get_merchant(self.ctx, merchant_id)
+        found = self.merchants[merchant_id] = (
+            merchant,
+            chart.merchant_account(merchant.id),
+            chart.fees_account(merchant.ledger),
+        )
+        return found
+
+    def _room(self, payer: Payer) -> PayerRoom:
+        room = self.rooms[payer.id] = open_room(self.ctx, payer)
+        return room
 
 
 def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
     """Charge a payer for a merchant inside the caller's operation (used by passes and metering).
 
     Refuses (declines included) before it moves or writes anything."""
-    planned = _plan_charge(ctx, request, None)
-    move(ctx, [*planned.collection.legs, *planned.fee_legs], "insufficient_funds")
-    return _finish_charge(ctx, request, planned)
-
-
-def _sources_json(sources: Sources) -> dict[str, int]:
-    return {"promo": sources.promo, "wallet": sources.wallet, "tab": sources.tab}
-
-
-def encode_charge(record: Charge) -> bytes:
-    """``encode(record)``, byte for byte, several times faster (a plain dict serialises at C speed;
-    a slotted dataclass does not).
-
-    The answer is copied once: orjson's output buffer comes from the C allocator, and keeping
-    hundreds of thousands of those (each charge record is kept until its batch is written, and
-    then cached) costs the engine thread more than the copy, which lands in Python's allocator.
-    """
-    return bytes(memoryview(_encode_charge(record)))
-
-
-def _encode_charge(record: Charge) -> bytes:
-    return orjson.dumps(
-        {
-            "id": record.id,
-            "payer_id": record.payer_id,
-            "merchant_id": record.merchant_id,
-            "ledger": record.ledger,
-            "amount": record.amount,
-            "platform_fee": record.platform_fee,
-            "merchant_amount": record.merchant_amount,
-            "sources": _sources_json(record.sources),
-            "promo_taken": record.promo_taken,
-            "refunded": _sources_json(record.refunded),
-            "description": record.description,
-            "status": record.status,
-            "created_at_ns": record.created_at_ns,
-            "kind": record.kind,
-            "refund_ids": record.refund_ids,
-        }
-    )
-
-
-def _add_usage(ctx: BatchContext, usage: CapUsage, caps: tuple[SpendCap, ...], amount: int, now_ns: int) -> None:
-    current = dict(usage.used)
-    keys = {period_key(cap.period, now_ns) for cap in caps}
-    used = tuple((key, current.get(key, 0) + amount) for key in sorted(keys))
-    ctx.put_document(CAP_USAGE, usage.payer_id, encode(CapUsage(usage.payer_id, used)))
+    desk = ChargeDesk(ctx)
+    record, legs = desk.plan(request)
+    move(ctx, legs, "insufficient_funds")
+    desk.write(record)
+    desk.book()
+    return record
 
 
 def _add_earnings(ctx: BatchContext, merchant: Merchant, amount: int, now_ns: int) -> None:
@@ -852,8 +812,9 @@ def refund(request: RefundRequest) -> Callable[[BatchContext], Outcome[Refund]]:
             charge_record.refunded.wallet + returned.wallet,
             charge_record.refunded.tab + returned.tab,
         )
-        updated = replace(charge_record, refunded=refunded, refund_ids=(*charge_record.refund_ids, record.id))
-        ctx.put_document(CHARGE, updated.id, encode(updated))
+        updated = charge_record._replace(refunded=refunded, refund_ids=(*charge_record.refund_ids, record.id))
+        require(updated.amount_refunded <= updated.amount, "a charge refunded past what it charged")
+        ctx.put_document(CHARGE, updated.id, encode_charge(updated))
         ctx.put_document(REFUND, record.id, encode(record))
         return record, False
 

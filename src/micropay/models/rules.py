@@ -49,32 +49,32 @@ def platform_fee(amount: int, percent_bps: int, fixed: int) -> int:
     return fee
 
 
-def allocate(mode: str, amount: int, promo_available: int, wallet_available: int, tab_available: int) -> Sources | str:
+def allocate(
+    mode: str, amount: int, promo_available: int, wallet_available: int, tab_available: int
+) -> tuple[int, int, int] | str:
     """Split ``amount`` over promo, wallet and tab by the payer's mode, or name the decline code.
 
     prepay: promo then wallet (``insufficient_funds``); postpay: the tab only
     (``credit_limit_exceeded``); hybrid: promo, wallet, then the tab for the rest
-    (``credit_limit_exceeded``).
+    (``credit_limit_exceeded``). Answers ``(promo, wallet, tab)``, which add up to ``amount``
+    (a plain tuple: this runs once per charge and per metered event).
     """
-    require(amount > 0, "allocate: amount must be positive")
-    require(min(promo_available, wallet_available, tab_available) >= 0, "allocate: negative availability")
+    require(
+        amount > 0 and promo_available >= 0 and wallet_available >= 0 and tab_available >= 0,
+        "allocate: the amount must be positive and no availability negative",
+    )
     if mode == "postpay":
-        if amount > tab_available:
-            return "credit_limit_exceeded"
-        return Sources(0, 0, amount)
-    promo = min(amount, promo_available)
-    wallet = min(amount - promo, wallet_available)
-    rest = amount - promo - wallet
+        return (0, 0, amount) if amount <= tab_available else "credit_limit_exceeded"
+    promo = amount if amount <= promo_available else promo_available
+    rest = amount - promo
+    wallet = rest if rest <= wallet_available else wallet_available
+    rest -= wallet
+    if not rest:
+        return promo, wallet, 0
     if mode == "prepay":
-        if rest:
-            return "insufficient_funds"
-        return Sources(promo, wallet, 0)
+        return "insufficient_funds"
     require(mode == "hybrid", f"allocate: unknown mode {mode}")
-    if rest > tab_available:
-        return "credit_limit_exceeded"
-    sources = Sources(promo, wallet, rest)
-    require(sources.total == amount, "allocate: sources do not add up")
-    return sources
+    return (promo, wallet, rest) if rest <= tab_available else "credit_limit_exceeded"
 
 
 def spendable_grants(grants: tuple[PromoGrant, ...], now_ns: int) -> tuple[PromoGrant, ...]:

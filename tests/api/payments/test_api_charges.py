@@ -161,13 +161,18 @@ def test_charges_by_role(pay: Payments) -> None:
     assert_error(as_m1.post("/v1/charges", json=other), 404, "not_found", "merchant_not_found")
     assert_error(as_p1.post("/v1/charges", json=other), 404, "not_found", "payer_not_found")
     assert_error(pay.client("publisher", "pub1").post("/v1/charges", json=other), 403, "permission")
-    assert [c["id"] for c in as_m1.get("/v1/charges").json()["data"]] == ["a", "c"]
-    assert [c["id"] for c in as_p1.get("/v1/charges").json()["data"]] == ["b", "c"]
-    assert [c["id"] for c in pay.get("/v1/charges?merchant_id=m2")["data"]] == ["b", "d"]
-    assert [c["id"] for c in pay.get("/v1/charges?payer_id=p2")["data"]] == ["a", "d"]
+    # One payer's or merchant's charges: newest first (from the ledger's history); all: by id.
+    assert [c["id"] for c in as_m1.get("/v1/charges").json()["data"]] == ["c", "a"]
+    assert [c["id"] for c in as_p1.get("/v1/charges").json()["data"]] == ["c", "b"]
+    assert [c["id"] for c in pay.get("/v1/charges?merchant_id=m2")["data"]] == ["d", "b"]
+    assert [c["id"] for c in pay.get("/v1/charges?payer_id=p2")["data"]] == ["d", "a"]
     assert [c["id"] for c in pay.get("/v1/charges?limit=3")["data"]] == ["a", "b", "c"]
-    page = pay.get("/v1/charges?payer_id=p1&limit=1&starting_after=b")
-    assert [c["id"] for c in page["data"]] == ["c"] and page["has_more"] is False
+    page = pay.get("/v1/charges?payer_id=p1&limit=1")
+    assert [c["id"] for c in page["data"]] == ["c"] and page["has_more"] is True
+    page = pay.get("/v1/charges?payer_id=p1&limit=1&starting_after=c")
+    assert [c["id"] for c in page["data"]] == ["b"] and page["has_more"] is False
+    page = pay.get("/v1/charges?payer_id=p1&starting_after=a")  # not one of p1's charges
+    assert page == {"data": [], "has_more": False}
     assert as_m1.get("/v1/charges/a").status_code == 200
     assert_error(as_m1.get("/v1/charges/d"), 404, "not_found", "charge_not_found")
     assert_error(as_p1.get("/v1/charges/d"), 404, "not_found", "charge_not_found")

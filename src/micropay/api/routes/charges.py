@@ -31,7 +31,6 @@ from micropay.api.payment_schemas import (
 from micropay.api.payment_views import (
     guard,
     list_all,
-    list_owned,
     may_see,
     merchant_not_found,
     payer_not_found,
@@ -55,7 +54,7 @@ from micropay.api.services import get_services
 from micropay.engine import BatchContext
 from micropay.errors import ApiError, InvalidRequest, NotFound
 from micropay.ledger.limits import ID_LENGTH_MAX, LEDGER_ID_LENGTH_MAX
-from micropay.models import index
+from micropay.models import chart
 from micropay.models.charge_batcher import ChargeBatcher
 from micropay.models.metadata import metadata_body
 from micropay.models.payments import (
@@ -65,6 +64,7 @@ from micropay.models.payments import (
     Outcome,
     RefundRequest,
     get_charge,
+    owner_charge_ids,
     refund,
 )
 from micropay.models.records import Refund, decode_refund
@@ -167,8 +167,9 @@ def list_charges(
     payer_id: OwnerQuery = None,
     merchant_id: OwnerQuery = None,
 ) -> Response:
-    """Charges ordered by id: all (admin), one payer's (``payer_id``) or one merchant's
-    (``merchant_id``); a payer or merchant key sees only its own."""
+    """Charges: all in id order (admin), or one payer's (``payer_id``) or one merchant's
+    (``merchant_id``) newest first, read from the ledger's history of its accounts; a payer or
+    merchant key sees only its own. ``starting_after`` is the last id of the previous page."""
     if payer_id is not None and merchant_id is not None:
         raise InvalidRequest("parameter_invalid", "Filter by payer_id or by merchant_id, not both.", "merchant_id")
     engine = get_services(request).engine
@@ -178,16 +179,29 @@ def list_charges(
         merchant_id = merchant_id or caller.subject_id
     if payer_id is not None:
         guard(caller, payer_not_found(payer_id), payer_id=payer_id)
-        read_payer(engine, payer_id)
-        ids, has_more = list_owned(engine, index.CHARGE_BY_PAYER, payer_id, page_params)
+        payer = read_payer(engine, payer_id)
+        accounts = [account(payer.id, payer.ledger) for account in PAYER_ACCOUNTS]
+        ids, has_more = owner_charge_ids(
+            engine, accounts, paid_from=True, starting_after=page_params.starting_after, limit=page_params.limit
+        )
     elif merchant_id is not None:
         guard(caller, merchant_not_found(merchant_id), merchant_id=merchant_id)
-        read_merchant(engine, merchant_id)
-        ids, has_more = list_owned(engine, index.CHARGE_BY_MERCHANT, merchant_id, page_params)
+        merchant = read_merchant(engine, merchant_id)
+        ids, has_more = owner_charge_ids(
+            engine,
+            [chart.merchant_account(merchant.id)],
+            paid_from=False,
+            starting_after=page_params.starting_after,
+            limit=page_params.limit,
+        )
     else:
         bodies, has_more = list_all(engine, CHARGE, page_params)
         return JsonResponse(page([render_stored_charge(engine, body) for body in bodies], has_more))
     return JsonResponse(render_page(engine, CHARGE, ids, has_more, lambda body: render_stored_charge(engine, body)))
+
+
+PAYER_ACCOUNTS = (chart.promo_account, chart.wallet_account, chart.tab_account)
+"""The accounts a charge takes a payer's money from."""
 
 
 @router.get("/v1/charges/{charge_id}", response_model=ChargeOut, responses=read_responses())
