@@ -104,7 +104,10 @@ class Engine:
         batch_window_s: float = 0.001,
         queue_depth_max: int = QUEUE_DEPTH_MAX,
         verify_every_batches: int = 256,
+        settle_lag_s: float | None = None,
     ) -> None:
+        """``settle_lag_s`` overrides ``settle_lag_ns`` (default: what the store needs; 0 is safe
+        when this is the only engine on the database)."""
         shared = bool(getattr(store, "multi_writer", False))
         batch_events_max = BATCH_SIZE_MAX * (SHARED_BATCH_SUBMISSIONS_MAX if shared else 1)
         if batch_size_max is None:
@@ -118,6 +121,8 @@ class Engine:
         self._queue_depth_max = queue_depth_max
         self.stats = EngineStats()
         self._core = _core_for(store, self.stats, verify_every_batches, clock_ns)
+        require(settle_lag_s is None or 0 <= settle_lag_s <= 3600, "settle_lag_s out of range")
+        self._settle_lag_ns = self._core.settle_lag_ns if settle_lag_s is None else int(settle_lag_s * 1e9)
         self._cond = threading.Condition()
         self._queue: deque[QueuedOp] = deque()
         self._queued_events = 0
@@ -246,7 +251,7 @@ class Engine:
     def settle_lag_ns(self) -> int:
         """How far behind the clock a reader must stay to be sure no batch still in flight
         writes anything dated before what it reads (0 with one writer: batches run in order)."""
-        return self._core.settle_lag_ns
+        return self._settle_lag_ns
 
     def now_ns(self) -> int:
         """The engine clock's reading now (what time-dependent reads compare against)."""
