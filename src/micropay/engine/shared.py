@@ -109,20 +109,8 @@ class _Loader:
         return found[0] if found else None
 
     def transfers(self, transfer_ids: Iterable[str]) -> list[tuple[Transfer, PendingStatus | None]]:
-        """Stored transfers by id; a pending one's accounts are locked before its status is read,
-        so the status cannot change under the batch."""
-        wanted = [transfer_id for transfer_id in set(transfer_ids) if transfer_id]
-        if not wanted:
-            return []
-        found = self._batch.transfers(wanted)
-        pending = [transfer for transfer, status in found if transfer.flags & _PENDING]
-        if pending:
-            self.lock_accounts(a for t in pending for a in (t.debit_account_id, t.credit_account_id))
-            fresh = dict((transfer.id, status) for transfer, status in self._batch.transfers([t.id for t in pending]))
-            found = [(transfer, fresh.get(transfer.id, status)) for transfer, status in found]
-        for transfer, _ in found:
-            self._transfers[transfer.id] = transfer
-        return found
+        """Stored transfers by id, pending statuses read under their accounts' locks."""
+        return self.preload((), transfer_ids)
 
     def fetch(self, transfer_id: str, locator: int) -> Transfer | None:
         found = self._transfers.get(transfer_id)

@@ -409,10 +409,6 @@ class LedgerState:
         self.seed_transfer(*found)
         return True
 
-    def seed_ledger(self, ledger: Ledger) -> None:
-        """Make a committed ledger known without journaling it (partial state)."""
-        self._ledgers.setdefault(ledger.code, ledger)
-
     def seed_accounts(self, rows: Iterable[AccountRow]) -> None:
         """Make committed accounts (with their totals) known without journaling them."""
         self._loader_or_fail()

@@ -236,10 +236,6 @@ class PostgresStore:
         rows = self._query(f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE id = %s", (transfer_id,))
         return _transfer(rows[0]) if rows else None
 
-    def transfer_locator(self, transfer_id: str) -> int | None:
-        rows = self._query("SELECT timestamp FROM transfers WHERE id = %s", (transfer_id,))
-        return int(rows[0][0]) if rows else None
-
     def account_transfers(self, account_id: str, limit: int, before_timestamp: int | None) -> list[Transfer]:
         before = before_timestamp if before_timestamp is not None else 2**63 - 1
         rows = self._query(
@@ -329,17 +325,6 @@ class PostgresBatch:
             (_id_list(sorted(account_ids)),),
         )
         return [_account_row(row) for row in rows]
-
-    def transfer_accounts(self, transfer_ids: Collection[str]) -> list[tuple[str, str]]:
-        """The two accounts of each of these stored transfers (they never change: no lock needed)."""
-        if not transfer_ids:
-            return []
-        return [
-            (str(row[0]), str(row[1]))
-            for row in self._rows(
-                "SELECT debit_account_id, credit_account_id FROM transfers WHERE id = ANY(%s)", (list(transfer_ids),)
-            )
-        ]
 
     def transfers(self, transfer_ids: Collection[str]) -> list[tuple[Transfer, PendingStatus | None]]:
         """These stored transfers with each pending one's status (read after the account locks)."""
