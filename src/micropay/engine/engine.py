@@ -152,9 +152,11 @@ class Engine:
                 raise EngineClosedError("the engine is closed") from self._failure
             if self._queued_events + size > self._queue_depth_max:
                 raise QueueFullError(f"engine queue holds {self._queued_events} events; retry later")
+            woken = not self._queue or self._queued_events + size >= self._batch_size_max
             self._queue.append(op)
             self._queued_events += size
-            self._cond.notify()
+            if woken:  # the engine waits for a first operation, or a window it may now cut short
+                self._cond.notify()
         return future
 
     def call(self, operation: Operation[T], size: int = 1) -> T:
