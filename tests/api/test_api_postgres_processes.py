@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,16 @@ def _headers(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def _stop_all(servers: list[Server]) -> None:
+    """Stop every server; one that does not stop in time is killed, and the rest still stop."""
+    for server in servers:
+        try:
+            _stop(server)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
 def _start_servers(count: int, db_url: str, key_file: Path, log: IO[str]) -> list[Server]:
     """Start ``count`` servers one after another (the first creates the admin key file the
     others then read); if one fails to start, stop those already running."""
@@ -49,8 +60,7 @@ def _start_servers(count: int, db_url: str, key_file: Path, log: IO[str]) -> lis
         for _ in range(count):
             servers.append(_start(db_url, key_file, log))
     except BaseException:
-        for server in servers:
-            _stop(server)
+        _stop_all(servers)
         raise
     return servers
 
@@ -191,8 +201,7 @@ def test_four_server_processes_and_32_clients_keep_every_invariant(
             for transfer_id in rng.sample(refused, min(50, len(refused))):
                 assert http.get(f"/v1/transfers/{transfer_id}").status_code == 404
     finally:
-        for server in servers:
-            _stop(server)
+        _stop_all(servers)
 
 
 @pytest.mark.slow
@@ -239,7 +248,7 @@ def test_a_server_killed_mid_batch_loses_nothing_it_acknowledged(
                 debited[t["debit_account_id"]] += t["amount"]
             assert all(balances[w][0] == debited[w] for w in WALLETS)
     finally:
-        _stop(survivor)
+        _stop_all([survivor])
 
 
 def _post_all(jobs: list[tuple[Server, str, dict[str, Any]]], key: str) -> list[httpx2.Response]:
@@ -315,5 +324,4 @@ def test_payment_models_stay_exact_across_server_processes(postgres_url: str, tm
             merchant_account = http.get("/v1/accounts/merchant:m1").json()
             assert merchant_account["credits_posted"] - merchant_account["debits_posted"] == 1030
     finally:
-        for server in servers:
-            _stop(server)
+        _stop_all(servers)
