@@ -153,6 +153,7 @@ def run_server(
         log_level="info",
         lifespan="on",
         server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
     # that was there before it: make that one unwind normally, so the caller closes the engine.
@@ -164,6 +165,10 @@ def run_server(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
+
+GRACEFUL_SHUTDOWN_S = 30
+"""Longest a stopping server waits for requests in flight before it closes their connections;
+the engine then still finishes what was queued, so nothing acknowledged is lost."""
 
 GC_THRESHOLDS = (20_000, 20, 20)
 """The cyclic collector's thresholds while serving (Python's defaults: 700, 10, 10).
