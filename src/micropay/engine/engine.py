@@ -40,7 +40,7 @@ from micropay.ledger import (
     TransferOutcome,
     TransferRequest,
 )
-from micropay.ledger.limits import BATCH_SIZE_MAX
+from micropay.ledger.limits import BATCH_SIZE_MAX, NS_PER_S
 from micropay.ledger.validate import (
     check_account_requests,
     check_batch_size,
@@ -67,7 +67,7 @@ HISTORY_PAGE_MAX = 1000
 class _Core(Protocol):
     """How batches are applied and committed reads answered (see ``memory`` and ``shared``)."""
 
-    wants_hints: bool
+    shared: bool
     settle_lag_ns: int
 
     def process(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]: ...
@@ -108,21 +108,20 @@ class Engine:
     ) -> None:
         """``settle_lag_s`` overrides ``settle_lag_ns`` (default: what the store needs; 0 is safe
         when this is the only engine on the database)."""
-        shared = bool(getattr(store, "multi_writer", False))
-        batch_events_max = BATCH_SIZE_MAX * (SHARED_BATCH_SUBMISSIONS_MAX if shared else 1)
+        require(0 <= batch_window_s <= 0.1, "batch_window_s out of range")
+        require(settle_lag_s is None or 0 <= settle_lag_s <= 3600, "settle_lag_s out of range")
+        self._store = store
+        self._clock_ns = clock_ns
+        self.stats = EngineStats()
+        self._core = _core_for(store, self.stats, verify_every_batches, clock_ns)
+        batch_events_max = BATCH_SIZE_MAX * (SHARED_BATCH_SUBMISSIONS_MAX if self._core.shared else 1)
         if batch_size_max is None:
             batch_size_max = batch_events_max
         require(0 < batch_size_max <= batch_events_max, "batch_size_max out of range")
-        require(0 <= batch_window_s <= 0.1, "batch_window_s out of range")
-        self._store = store
-        self._clock_ns = clock_ns
         self._batch_size_max = batch_size_max
         self._batch_window_s = batch_window_s
         self._queue_depth_max = queue_depth_max
-        self.stats = EngineStats()
-        self._core = _core_for(store, self.stats, verify_every_batches, clock_ns)
-        require(settle_lag_s is None or 0 <= settle_lag_s <= 3600, "settle_lag_s out of range")
-        self._settle_lag_ns = self._core.settle_lag_ns if settle_lag_s is None else int(settle_lag_s * 1e9)
+        self._settle_lag_ns = self._core.settle_lag_ns if settle_lag_s is None else round(settle_lag_s * NS_PER_S)
         self._cond = threading.Condition()
         self._queue: deque[QueuedOp] = deque()
         self._queued_events = 0
@@ -172,7 +171,7 @@ class Engine:
         columns = transfer_columns(requests)
         accounts: Sequence[str] = ()
         transfer_ids: Sequence[str] = ()
-        if self._core.wants_hints and columns:
+        if self._core.shared and columns:
             accounts = [*columns[1], *columns[2]]
             transfer_ids = [*columns[0], *filter(None, columns[7])]
         return self.submit(
@@ -247,7 +246,7 @@ class Engine:
     @property
     def shared(self) -> bool:
         """Whether other engines may write this database at the same time (PostgreSQL)."""
-        return self._core.wants_hints
+        return self._core.shared
 
     @property
     def settle_lag_ns(self) -> int:

@@ -70,7 +70,7 @@ class DocumentCache:
 class MemoryCore:
     """Owns the in-memory ledger state of a single-writer store."""
 
-    wants_hints = False
+    shared = False
     settle_lag_ns = 0
 
     def __init__(self, store: LogStore, stats: EngineStats, verify_every_batches: int) -> None:

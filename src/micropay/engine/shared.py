@@ -105,12 +105,8 @@ class _Loader:
         return found
 
     def transfer(self, transfer_id: str) -> tuple[Transfer, PendingStatus | None] | None:
-        found = self.transfers((transfer_id,))
+        found = self.preload((), (transfer_id,))
         return found[0] if found else None
-
-    def transfers(self, transfer_ids: Iterable[str]) -> list[tuple[Transfer, PendingStatus | None]]:
-        """Stored transfers by id, pending statuses read under their accounts' locks."""
-        return self.preload((), transfer_ids)
 
     def fetch(self, transfer_id: str, locator: int) -> Transfer | None:
         found = self._transfers.get(transfer_id)
@@ -154,22 +150,23 @@ class _LockedDocuments:
 
 
 def _check_conservation(
-    seeded: dict[str, AccountRow], changed: Sequence[BalanceRow], created: Sequence[Account], ledger_of: dict[str, str]
+    seeded: dict[str, AccountRow], changed: Sequence[BalanceRow], created: Sequence[Account]
 ) -> None:
     """Postcondition of a batch: per ledger, what it added to debits equals what it added to
     credits, posted and pending, and no total is negative."""
+    moves: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = [
+        (row[0], seeded[row[0]][1], seeded[row[0]][4:8], row[2:6]) for row in changed
+    ]
+    moves += [
+        (a.id, a.ledger, (0, 0, 0, 0), (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending))
+        for a in created
+    ]
     change: dict[str, list[int]] = {}
-    rows = [*changed, *((a.id, a.credit_limit, a.debits_posted, a.credits_posted, a.debits_pending,
-                         a.credits_pending) for a in created)]  # fmt: skip
-    for account_id, _, debits, credits, debits_pending, credits_pending in rows:
-        old = seeded.get(account_id)
-        ledger = old[1] if old is not None else ledger_of[account_id]
+    for account_id, ledger, before, after in moves:
+        require(min(after) >= 0, f"account {account_id}: a total went negative")
         totals = change.setdefault(ledger, [0, 0, 0, 0])
-        totals[0] += debits - (old[4] if old else 0)
-        totals[1] += credits - (old[5] if old else 0)
-        totals[2] += debits_pending - (old[6] if old else 0)
-        totals[3] += credits_pending - (old[7] if old else 0)
-        require(min(debits, credits, debits_pending, credits_pending) >= 0, f"account {account_id}: a total < 0")
+        for index in range(4):
+            totals[index] += after[index] - before[index]
     for ledger, (debits, credits, debits_pending, credits_pending) in change.items():
         require(debits == credits, f"ledger {ledger}: batch adds {debits} debits but {credits} credits")
         require(
@@ -181,7 +178,7 @@ def _check_conservation(
 class SharedCore:
     """Runs batches against a database other engines write too."""
 
-    wants_hints = True
+    shared = True
     settle_lag_ns = int((BATCH_AGE_MAX_S + CLOCK_SKEW_MAX_S) * NS_PER_S)
 
     def __init__(
@@ -243,24 +240,21 @@ class SharedCore:
         context = BatchContext(state, documents, now_ns)
         try:
             outcomes = apply_ops(ops, state, context)
-        except BatchConflict as conflict:
-            raise BatchConflict(str(conflict), conflict.transfer_ids or _journal_ids(state)) from conflict
-        journal = state.journal()
-        created = [self._snapshot(state, account.id) for account in journal.accounts]
-        changed = state.changed_balances(loader.locked.values())
-        _check_conservation(loader.locked, changed, created, {a.id: a.ledger for a in created})
-        applied = time.perf_counter()
-        stats.apply_s += applied - started
-        written = [(Document(kind, document_id, body), documents.must_be_new((kind, document_id)))
-                   for (kind, document_id), body in context.written.items()]  # fmt: skip
-        wrote = not journal.is_empty() or bool(written)
-        if self._clock_ns() - now_ns > BATCH_AGE_MAX_S * NS_PER_S:
-            raise BatchConflict("the batch took longer than BATCH_AGE_MAX_S; running it again", _journal_ids(state))
-        try:
+            journal = state.journal()
+            created = [self._snapshot(state, account.id) for account in journal.accounts]
+            changed = state.changed_balances(loader.locked.values())
+            _check_conservation(loader.locked, changed, created)
+            applied = time.perf_counter()
+            stats.apply_s += applied - started
+            written = [(Document(kind, document_id, body), documents.must_be_new((kind, document_id)))
+                       for (kind, document_id), body in context.written.items()]  # fmt: skip
+            wrote = not journal.is_empty() or bool(written)
+            if self._clock_ns() - now_ns > BATCH_AGE_MAX_S * NS_PER_S:
+                raise BatchConflict("the batch took longer than BATCH_AGE_MAX_S; running it again")
             if wrote:
                 batch.write(journal, created, changed, written)
             batch.commit()  # also when nothing was written: it releases the locks
-        except BatchConflict as conflict:
+        except BatchConflict as conflict:  # the next attempt reads first what this one tried to create
             raise BatchConflict(str(conflict), conflict.transfer_ids or _journal_ids(state)) from conflict
         if wrote:
             stats.syncs += 1
@@ -284,6 +278,8 @@ class SharedCore:
         found = self._ledgers.get(code)
         if found is None:
             found = next((ledger for ledger in self._store.read_ledgers() if ledger.code == code), None)
+            if found is not None:
+                self._ledgers[code] = found  # committed ledgers never change
         return found
 
     def ledgers(self) -> list[Ledger]:

@@ -53,27 +53,16 @@ def _metadata(text: str) -> tuple[tuple[str, str], ...]:
     return tuple((str(key), str(value)) for key, value in orjson.loads(text)) if text != "[]" else ()
 
 
-def _account(row: Sequence[Any]) -> Account:
-    return Account(
-        id=row[0],
-        ledger=row[1],
-        flags=row[2],
-        credit_limit=row[3],
-        debits_posted=row[4],
-        credits_posted=row[5],
-        debits_pending=row[6],
-        credits_pending=row[7],
-        timestamp=row[8],
-        metadata=_metadata(row[9]),
-    )
-
-
 def _account_row(row: Sequence[Any]) -> AccountRow:
     metadata = row[9]
     return (
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
         () if metadata == "[]" else _metadata(metadata),
     )  # fmt: skip
+
+
+def _account(row: Sequence[Any]) -> Account:
+    return Account(*_account_row(row))
 
 
 def _transfer(row: Sequence[Any]) -> Transfer:
