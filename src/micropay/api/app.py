@@ -13,6 +13,7 @@ from micropay.api.auth import Authenticator
 from micropay.api.background import install_settler
 from micropay.api.body_limit import BodyLimitMiddleware
 from micropay.api.coalesce import TransferCoalescer
+from micropay.api.direct import DirectTransfers, direct_transfers
 from micropay.api.errors import install_error_handlers
 from micropay.api.lean import LeanDispatch, lean_endpoints, lean_path
 from micropay.api.ratelimit import RateLimiter
@@ -64,15 +65,29 @@ class MicropayApi(FastAPI):
         self._front_door = self._build_front_door()
         return stack
 
-    def _build_front_door(self) -> dict[str, ASGIApp] | None:
+    def _front_door_opens(self) -> bool:
+        """Whether the layers around a lean route would add nothing but our own middleware."""
         if not self.front_door_enabled or self.root_path:
+            return False
+        classes: list[object] = [m.cls for m in self.user_middleware]
+        return classes.count(LeanDispatch) == 1 and all(cls in _FRONT_DOOR_MIDDLEWARE for cls in classes)
+
+    def direct_lane(self) -> DirectTransfers | None:
+        """The direct lane for plain single transfers (``micropay.api.direct``), for the HTTP
+        protocol to use; None where the front door would not open (other middleware would see
+        every request) or the settings turn it off."""
+        services: Services = self.state.services
+        if not services.settings.direct_lane or not self._front_door_opens():
+            return None
+        return direct_transfers(services, self.exception_handlers)
+
+    def _build_front_door(self) -> dict[str, ASGIApp] | None:
+        if not self._front_door_opens():
             return None
         middleware: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
             (m.cls, m.args, m.kwargs) for m in self.user_middleware
         ]
         dispatch = [kwargs for cls, _, kwargs in middleware if cls is LeanDispatch]
-        if len(dispatch) != 1 or any(cls not in _FRONT_DOOR_MIDDLEWARE for cls, _, _ in middleware):
-            return None
         endpoints: dict[str, ASGIApp] = {}
         for path, endpoint in lean_endpoints(**dispatch[0]).items():
             wrapped: ASGIApp = endpoint

@@ -98,6 +98,21 @@ class Authenticator:
         self._put(key_id, _CachedKey(record, cached.expires_s, (key, principal)))
         return principal
 
+    def known(self, key: str) -> Principal | None:
+        """The principal of ``key`` if it was verified within the TTL and its record still
+        stands (compared in constant time; no store read, no hashing, nothing changed), else
+        None: then ``authenticate`` decides."""
+        key_id = key_id_of(key)
+        if key_id is None:
+            return None
+        cached = self._cache.get(key_id)
+        if cached is None or cached.expires_s <= self._clock_s():
+            return None
+        verified = cached.verified
+        if verified is None or not _same_key(verified[0], key):
+            return None
+        return verified[1]
+
     async def _load(self, key_id: str) -> ApiKeyRecord | None:
         body = await run_in_threadpool(self._engine.store.read_document, API_KEY_KIND, key_id)
         if body is None:

@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 
 from micropay.engine import Engine
+from micropay.errors import require
 from micropay.ledger import TransferFlags, TransferOutcome, TransferRequest
 from micropay.ledger.limits import BATCH_SIZE_MAX
 
 _LINKED = int(TransferFlags.LINKED)
 
-_Waiting = list[tuple[TransferRequest, "asyncio.Future[TransferOutcome]"]]
+Delivery = Callable[[TransferOutcome | None, BaseException | None], None]
+"""Called once, in the event loop, with a transfer's outcome (and None) or (None and) the error
+that kept it from the ledger."""
+
+_Waiting = list[tuple[TransferRequest, Delivery]]
 
 
 class TransferCoalescer:
@@ -45,16 +50,22 @@ class TransferCoalescer:
         if request.flags & _LINKED:
             [outcome] = await self._engine.create_transfers_async([request])
             return outcome
+        future: asyncio.Future[TransferOutcome] = asyncio.get_running_loop().create_future()
+        self.submit(request, partial(_settle, future))
+        return await future
+
+    def submit(self, request: TransferRequest, deliver: Delivery) -> None:
+        """From the event loop: submit one unlinked transfer with the others of this turn;
+        ``deliver`` gets its outcome in the loop once the batch that applied it is durable."""
+        require(not request.flags & _LINKED, "a linked transfer is submitted alone (create_transfer)")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[TransferOutcome] = loop.create_future()
         waiting = self._waiting.get(loop)
         if waiting is None:
             waiting = self._waiting[loop] = []
             loop.call_soon(self._submit, loop, waiting)
-        waiting.append((request, future))
+        waiting.append((request, deliver))
         if len(waiting) >= self._group_size_max:
             del self._waiting[loop]  # the callback scheduled above submits this group; the next starts anew
-        return await future
 
     def _submit(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting) -> None:
         if self._waiting.get(loop) is waiting:
@@ -83,12 +94,21 @@ def _deliver(waiting: _Waiting, done: Future[Sequence[TransferOutcome]]) -> None
         _fail(waiting, error)
         return
     outcomes = done.result()
-    for (_, future), outcome in zip(waiting, outcomes, strict=True):
-        if not future.done():
-            future.set_result(outcome)
+    for (_, deliver), outcome in zip(waiting, outcomes, strict=True):
+        deliver(outcome, None)
 
 
 def _fail(waiting: _Waiting, error: BaseException) -> None:
-    for _, future in waiting:
-        if not future.done():
-            future.set_exception(error)
+    for _, deliver in waiting:
+        deliver(None, error)
+
+
+def _settle(
+    future: asyncio.Future[TransferOutcome], outcome: TransferOutcome | None, error: BaseException | None
+) -> None:
+    if future.done():  # the request was cancelled (its client left)
+        return
+    if error is not None:
+        future.set_exception(error)
+    elif outcome is not None:
+        future.set_result(outcome)

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from micropay.api.auth import Principal, RoleCheck, authorize, bearer_key
 from micropay.api.routing import QUERY_NAMES_KEY, OrjsonRoute
+from micropay.api.settings import Role
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 ExceptionHandler = Callable[[Request, Any], Response | Awaitable[Response]]
@@ -184,13 +185,18 @@ accept the body as it is (and make that value of it), else None (then the field 
 
 
 class LeanRoute(OrjsonRoute):
-    """A route served by a lean handler (see the module docstring); ``lean_handler`` is it."""
+    """A route served by a lean handler (see the module docstring); ``lean_handler`` is it.
+    ``validate_body`` validates a parsed body as the handler does: ``(value, errors)``."""
 
     lean_handler: Handler
+    validate_body: Callable[[Any], tuple[Any, list[dict[str, Any]]]]
+    roles: frozenset[Role]
     fast_validator: FastValidator | None = None
 
     def get_route_handler(self) -> Handler:
         plan = _plan(self)
+        self.validate_body = functools.partial(plan.validate, values={}, loc=("body",))
+        self.roles = plan.roles.roles
         endpoint = self.dependant.call
         if endpoint is None:
             raise TypeError(f"lean route {self.path} has no endpoint")
@@ -266,14 +272,20 @@ class LeanEndpoint:
         try:
             response = await self._handler(request)
         except Exception as error:
-            exception_handler = _lookup(self._exception_handlers, error)
-            if exception_handler is None:
-                raise
-            if _is_async(exception_handler):
-                response = await cast(Awaitable[Response], exception_handler(request, error))
-            else:
-                response = await run_in_threadpool(cast(Callable[..., Response], exception_handler), request, error)
+            response = await render_exception(self._exception_handlers, request, error)
         await response(scope, receive, send)
+
+
+async def render_exception(
+    exception_handlers: Mapping[Any, ExceptionHandler], request: Request, error: Exception
+) -> Response:
+    """The response the app's exception handler for ``error`` makes (re-raises it if none)."""
+    exception_handler = _lookup(exception_handlers, error)
+    if exception_handler is None:
+        raise error
+    if _is_async(exception_handler):
+        return await cast(Awaitable[Response], exception_handler(request, error))
+    return await run_in_threadpool(cast(Callable[..., Response], exception_handler), request, error)
 
 
 def lean_endpoints(

@@ -55,6 +55,9 @@ class Settings:
     costs nothing per request; on, every request goes through the whole middleware stack."""
     settle_interval_s: float | None = 1.0
     """Seconds between background settler ticks while the server runs; None: no background thread."""
+    direct_lane: bool = True
+    """Plain single transfers taken by the HTTP protocol without an ASGI task (``micropay serve``
+    only; see ``micropay.api.direct``). Off, every request goes through the ASGI app."""
 
     def rate_limit(self, role: Role) -> RateLimit | None:
         return self.rate_limits.get(role)

@@ -8,15 +8,21 @@ import os
 import signal
 import socket
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 import typer
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.responses import Response
+from starlette.types import Scope
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from micropay.api import Settings, create_app
+from micropay.api.app import MicropayApi
+from micropay.api.direct import DirectTransfers
 from micropay.api.keys import issue_key, verify_key
 from micropay.engine import Engine
 
@@ -104,6 +110,83 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(cast(asyncio.Transport, coalescing))
 
 
+class DirectLaneProtocol(OneWriteHttpToolsProtocol):
+    """The protocol, handing plain single transfers to the direct lane (``micropay.api.direct``).
+
+    uvicorn makes a request's cycle when its head is in and starts the app's task at once. For
+    a request the lane ``wants`` (and only in that standard case: not a pipelined request, not
+    one over the concurrency limit, not one waiting for ``100 Continue``) the task is held back
+    until the body is in; then the lane takes the request, or the task starts as it would
+    have, the body waiting in the cycle. A taken request's answer is written as uvicorn's
+    ``send`` writes a response with a Content-Length (its default headers, ``connection:
+    close`` when the connection will not be kept), and the cycle then completes as uvicorn's
+    does, so keep-alive, pipelining and graceful shutdown go on unchanged. Taken requests are
+    not in the access log: ``run_server`` serves with the lane only while access logging is off.
+    """
+
+    lane: DirectTransfers
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heads_in = False
+        self._held: tuple[RequestResponseCycle, ASGI3Application] | None = None
+
+    def on_headers_complete(self) -> None:
+        self._heads_in = True
+        try:
+            super().on_headers_complete()
+        finally:
+            self._heads_in = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if (
+            self._heads_in
+            and app is self.app
+            and not cycle.waiting_for_100_continue
+            and self.lane.wants(cast(Scope, cycle.scope))
+        ):
+            self._held = (cycle, app)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        held = self._held
+        if held is None or held[0] is not self.cycle:
+            return
+        self._held = None
+        cycle, app = held
+        scope = cast(Scope, cycle.scope)
+        if cycle.disconnected or not self.lane.take(scope, bytes(cycle.body), partial(self._respond, cycle)):
+            super()._start_asgi_task(cycle, app)
+            return
+        cycle.body = bytearray()
+
+    def _respond(self, cycle: RequestResponseCycle, response: Response) -> None:
+        if cycle.disconnected or cycle.response_started:
+            return
+        cycle.response_started = True
+        content: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
+        for name, value in (*cycle.default_headers, *response.raw_headers):
+            content += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", response.body)
+        cycle.transport.write(b"".join(content))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+
+
+def http_protocol(lane: DirectTransfers | None) -> type[HttpToolsProtocol]:
+    """The protocol class to serve with: with the direct lane when there is one."""
+    if lane is None:
+        return OneWriteHttpToolsProtocol
+    return type("DirectLaneProtocol", (DirectLaneProtocol,), {"lane": lane})
+
+
 class _AnnouncingServer(uvicorn.Server):
     """Prints where it listens once the socket is bound (so ``--port 0`` shows the real port)."""
 
@@ -143,12 +226,14 @@ def run_server(
 ) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM). The caller closes the engine afterwards."""
     note = ensure_admin_key_file(engine, admin_key_file) if admin_key_file is not None else None
+    app = create_app(engine, settings=settings)
+    lane = app.direct_lane() if isinstance(app, MicropayApi) and not access_log else None
     config = uvicorn.Config(
-        create_app(engine, settings=settings),
+        app,
         host=host,
         port=port,
         loop="uvloop",
-        http=OneWriteHttpToolsProtocol,
+        http=http_protocol(lane),
         access_log=access_log,
         log_level="info",
         lifespan="on",

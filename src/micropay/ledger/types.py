@@ -277,6 +277,11 @@ class PlainOutcomes(Sequence[tuple[Result, Transfer | None]]):
     def __len__(self) -> int:
         return len(self._columns[0])
 
+    def __iter__(self) -> Iterator[tuple[Result, Transfer | None]]:
+        ok = Result.OK
+        for row in zip(*self._columns, strict=True):
+            yield ok, _make_transfer(row)
+
     @overload
     def __getitem__(self, index: int) -> tuple[Result, Transfer | None]: ...
     @overload

@@ -33,7 +33,14 @@ from micropay.api.schemas import (
 from micropay.api.serialise import JsonResponse, created, render_transfer
 from micropay.api.services import get_engine, get_services
 from micropay.errors import InvalidRequest, InvariantViolation, NotFound
-from micropay.ledger import TRANSFER_FLAG_NAMES, Result, TransferFlags, TransferRequest, outcome_codes
+from micropay.ledger import (
+    TRANSFER_FLAG_NAMES,
+    Result,
+    TransferFlags,
+    TransferOutcome,
+    TransferRequest,
+    outcome_codes,
+)
 from micropay.ledger.limits import LEDGER_ID_LENGTH_MAX
 
 router = APIRouter(prefix="/v1/transfers", tags=["transfers"], route_class=OrjsonRoute)
@@ -139,12 +146,19 @@ async def create_transfer(body: TransferIn, request: Request, _caller: Admin) ->
     transfer_request = to_request(body)
     services = get_services(request)
     if services.transfers is not None:
-        result, transfer = await services.transfers.create_transfer(transfer_request)
+        outcome = await services.transfers.create_transfer(transfer_request)
     else:
-        [(result, transfer)] = await services.engine.create_transfers_async([transfer_request])
+        [outcome] = await services.engine.create_transfers_async([transfer_request])
+    return transfer_response(transfer_request, outcome)
+
+
+def transfer_response(request: TransferRequest, outcome: TransferOutcome) -> Response:
+    """What ``POST /v1/transfers`` answers for its transfer's outcome: 201, 200 for a replay
+    (raises the refusal as an ``ApiError``)."""
+    result, transfer = outcome
     is_replay = replayed(result)
     if transfer is None:
-        raise InvariantViolation(f"transfer {transfer_request.id}: {result} without the transfer")
+        raise InvariantViolation(f"transfer {request.id}: {result} without the transfer")
     return created(render_transfer(transfer), replayed=is_replay)
 
 

@@ -1,0 +1,220 @@
+"""The direct lane: ``POST /v1/transfers`` taken by the HTTP protocol answers exactly what the
+ASGI app answers, and anything it does not take goes through the app.
+
+Two real uvicorn servers run the same app over one engine, one with the lane and one without;
+every request is sent to both (with its own ids) and the answers must match byte for byte, but
+for the Date header and the timestamps.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+
+from micropay.api import Settings, create_app
+from micropay.api.app import MicropayApi
+from micropay.api.direct import DirectTransfers
+from micropay.api.keys import issue_key
+from micropay.cli.serve import http_protocol
+from micropay.engine import Engine
+from micropay.ledger import AccountFlags, AccountRequest
+from micropay.store import open_store
+
+START_S_MAX = 10.0
+READ_S_MAX = 10.0
+
+
+@dataclass
+class Served:
+    port: int
+    lane: DirectTransfers | None
+
+
+def _serve(app: MicropayApi, lane: DirectTransfers | None) -> tuple[Served, uvicorn.Server, threading.Thread]:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        loop="uvloop",
+        http=http_protocol(lane),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="lane-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_S_MAX
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Served(port, lane), server, thread
+
+
+@pytest.fixture(scope="module")
+def lane_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with Engine(open_store(f"sqlite:///{tmp_path_factory.mktemp('lane') / 'lane.db'}")) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def servers(lane_engine: Engine) -> Iterator[tuple[Served, Served, str]]:
+    engine = lane_engine
+    _, key = issue_key(engine, "admin")
+    engine.create_ledger("USD", 2)
+    engine.create_accounts(
+        [
+            AccountRequest("a", "USD"),
+            AccountRequest("b", "USD"),
+            AccountRequest("capped", "USD", flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)),
+        ]
+    )
+    with_lane = create_app(engine)
+    assert isinstance(with_lane, MicropayApi)
+    lane = with_lane.direct_lane()
+    assert lane is not None
+    without = create_app(engine, settings=Settings(direct_lane=False))
+    assert isinstance(without, MicropayApi) and without.direct_lane() is None
+    started = [_serve(with_lane, lane), _serve(without, None)]
+    try:
+        for served, _, _ in started:  # the key is verified once (the lane takes only verified keys)
+            _exchange(served.port, _request(key, _transfer(f"warm-up-{served.port}")))
+        yield started[0][0], started[1][0], key
+    finally:
+        for _, server, thread in started:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """One response's head and body from ``sock`` (``buffer`` keeps what follows it)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed before a response"
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n")
+    head = bytes(buffer[:end])
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(buffer) < end + 4 + length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside a body"
+        buffer += chunk
+    body = bytes(buffer[end + 4 : end + 4 + length])
+    del buffer[: end + 4 + length]
+    return head, body
+
+
+def _exchange(port: int, raw: bytes, responses: int = 1) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Send ``raw`` on a new connection; read ``responses`` answers; whether the server then closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_S_MAX) as sock:
+        sock.sendall(raw)
+        buffer = bytearray()
+        answers = [_read_response(sock, buffer) for _ in range(responses)]
+        sock.settimeout(0.2)
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+    return answers, closed
+
+
+def _request(
+    key: str | None, body: bytes, *, path: str = "/v1/transfers", extra: str = "", version: str = "1.1"
+) -> bytes:
+    head = f"POST {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n"
+    if key is not None:
+        head += f"Authorization: Bearer {key}\r\n"
+    if "Content-Type" not in extra:
+        head += "Content-Type: application/json\r\n"
+    head += extra + f"Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def _transfer(transfer_id: str, **fields: Any) -> bytes:
+    body = {"id": transfer_id, "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "ledger": "USD"}
+    body.update(fields)
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
+_STAMP = re.compile(rb'("timestamp":)\d+|("created_at":)"[^"]*"|("id":)"tr_[0-9a-f]+"')
+
+
+def _normal(answers: list[tuple[bytes, bytes]], transfer_id: str) -> list[tuple[list[bytes], bytes]]:
+    """Heads without the Date header, bodies without timestamps or the request's own id."""
+    normal = []
+    for head, body in answers:
+        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+        body = _STAMP.sub(rb"\1\2\3T", body).replace(transfer_id.encode(), b"ID")
+        lines = [re.sub(rb"(?i)^content-length: \d+", b"content-length: N", line) for line in lines]
+        normal.append((lines, body))
+    return normal
+
+
+# Each case: (name, request maker from key and id, responses expected, whether the lane takes it).
+CASES: list[tuple[str, Any, int, bool]] = [
+    ("plain", lambda k, i: _request(k, _transfer(i)), 1, True),
+    ("replay", lambda k, i: _request(k, _transfer(i)) * 2, 2, True),
+    ("conflict", lambda k, i: _request(k, _transfer(i)) + _request(k, _transfer(i, amount=6)), 2, True),
+    ("refused", lambda k, i: _request(k, _transfer(i, debit_account_id="capped")), 1, True),
+    ("unknown account", lambda k, i: _request(k, _transfer(i, credit_account_id="nobody")), 1, True),
+    ("server-made id", lambda k, i: _request(k, _transfer(None)), 1, True),
+    ("connection close", lambda k, i: _request(k, _transfer(i), extra="Connection: close\r\n"), 1, True),
+    ("http/1.0", lambda k, i: _request(k, _transfer(i), version="1.0"), 1, True),
+    ("pipelined", lambda k, i: _request(k, _transfer(i)) + _request(k, _transfer(i + "-2")), 2, True),
+    ("no key", lambda k, i: _request(None, _transfer(i)), 1, False),
+    ("wrong key", lambda k, i: _request(k + "x", _transfer(i)), 1, False),
+    ("text body", lambda k, i: _request(k, _transfer(i), extra="Content-Type: text/plain\r\n"), 1, False),
+    ("query", lambda k, i: _request(k, _transfer(i), path="/v1/transfers?x=1"), 1, False),
+    ("not json", lambda k, i: _request(k, b"{nope"), 1, False),
+    ("float amount", lambda k, i: _request(k, _transfer(i, amount=5.0)), 1, False),
+    ("extra field", lambda k, i: _request(k, _transfer(i, colour="red")), 1, False),
+    ("linked", lambda k, i: _request(k, _transfer(i, flags=["linked"])), 1, False),
+    ("two keys", lambda k, i: _request(k, _transfer(i), extra=f"Authorization: Bearer {k}\r\n"), 1, False),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "responses", "taken"), CASES, ids=[case[0] for case in CASES])
+def test_the_lane_answers_what_the_app_answers(
+    servers: tuple[Served, Served, str], name: str, make: Any, responses: int, taken: bool
+) -> None:
+    lane_server, app_server, key = servers
+    assert lane_server.lane is not None
+    taken_before, declined_before = lane_server.lane.taken, lane_server.lane.declined
+    via_lane, lane_closed = _exchange(lane_server.port, make(key, "lane-1"), responses)
+    via_app, app_closed = _exchange(app_server.port, make(key, "app-1"), responses)
+    assert _normal(via_lane, "lane-1") == _normal(via_app, "app-1")
+    assert lane_closed == app_closed
+    taken_now = lane_server.lane.taken - taken_before
+    declined_now = lane_server.lane.declined - declined_before
+    if taken:
+        assert taken_now >= 1 and declined_now == 0
+    else:
+        assert taken_now == 0
+
+
+def test_the_lane_moves_money_once_per_id(servers: tuple[Served, Served, str], lane_engine: Engine) -> None:
+    engine = lane_engine
+    lane_server, _, key = servers
+    before = engine.account("b")
+    assert before is not None
+    answers, _ = _exchange(lane_server.port, _request(key, _transfer("once")) * 3, 3)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"201", b"200", b"200"]
+    after = engine.account("b")
+    assert after is not None and after.credits_posted - before.credits_posted == 5
+
+
+def test_a_connection_close_request_is_answered_then_closed(servers: tuple[Served, Served, str]) -> None:
+    lane_server, _, key = servers
+    answers, closed = _exchange(lane_server.port, _request(key, _transfer("bye"), extra="Connection: close\r\n"))
+    assert b"connection: close" in answers[0][0].lower()
+    assert closed
