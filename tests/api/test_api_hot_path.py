@@ -22,7 +22,13 @@ from micropay.api import create_app
 from micropay.api.auth import Admin
 from micropay.api.coalesce import TransferCoalescer
 from micropay.api.lean import LeanEndpoint, LeanRoute, lean_post
-from micropay.api.schemas import PLAIN_TRANSFER_FIELDS, TransferIn, plain_transfers_valid
+from micropay.api.schemas import (
+    PLAIN_TRANSFER_FIELDS,
+    TransferIn,
+    plain_transfer,
+    plain_transfer_columns,
+    plain_transfers_valid,
+)
 from micropay.cli.serve import CoalescingTransport
 from micropay.engine import Engine
 from micropay.errors import NotFound, QueueFullError
@@ -93,6 +99,16 @@ def test_plain_check_vouches_for_every_valid_plain_batch(items: list[object]) ->
     )
     if plain and _model_accepts(items):
         assert plain_transfers_valid(items)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_transfer())
+def test_single_plain_check_agrees_with_the_column_check(item: object) -> None:
+    fields = plain_transfer(item)
+    columns = plain_transfer_columns([item])
+    assert (fields is None) == (columns is None)
+    if fields is not None and columns is not None:
+        assert fields == tuple(column[0] for column in columns)
 
 
 def test_plain_check_refuses_the_edges() -> None:

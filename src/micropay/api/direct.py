@@ -32,6 +32,7 @@ from starlette.types import Scope
 from micropay.api.auth import bearer_key
 from micropay.api.lean import ExceptionHandler, LeanRoute, render_exception
 from micropay.api.routes.transfers import to_request, transfer_response
+from micropay.api.schemas import plain_transfer
 from micropay.api.services import Services
 from micropay.errors import ApiError, MalformedRequest, RateLimited
 from micropay.ledger import TransferFlags, TransferOutcome, TransferRequest
@@ -119,15 +120,19 @@ class DirectTransfers:
             received = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        value, errors = self._validate(received)
-        if errors:
-            return None
-        try:
-            request = to_request(value)
-        except (ApiError, MalformedRequest):
-            return None
-        if request.flags & _LINKED:
-            return None
+        plain = plain_transfer(received)
+        if plain is not None:  # what the model and ``to_request`` make of a plain transfer
+            request = TransferRequest(*plain)
+        else:
+            value, errors = self._validate(received)
+            if errors:
+                return None
+            try:
+                request = to_request(value)
+            except (ApiError, MalformedRequest):
+                return None
+            if request.flags & _LINKED:
+                return None
         try:
             services.rate_limiter.check(principal.key_id, services.settings.rate_limit(principal.role))
         except RateLimited:

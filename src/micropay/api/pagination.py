@@ -32,9 +32,7 @@ def _digits(value: object) -> object:
 
 
 _LIMIT_DIGITS_MAX = 9
-Limit = Annotated[
-    int, BeforeValidator(_digits), Query(ge=1, le=PAGE_LIMIT_MAX, description="Most objects to return.")
-]
+Limit = Annotated[int, BeforeValidator(_digits), Query(ge=1, le=PAGE_LIMIT_MAX, description="Most objects to return.")]
 
 
 def page_params(

@@ -52,9 +52,7 @@ Amount = Annotated[int, Field(ge=-AMOUNT_MAX, le=AMOUNT_MAX)]
 """In minor units. Bounded so it always fits 64 bits; zero and negatives reach the ledger,
 which refuses them with ``amount_must_be_positive``."""
 CreditLimit = Annotated[int, Field(ge=0, le=CREDIT_LIMIT_MAX)]
-MetadataKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=METADATA_KEY_LENGTH_MAX), AfterValidator(_utf8)
-]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=METADATA_KEY_LENGTH_MAX), AfterValidator(_utf8)]
 MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_VALUE_LENGTH_MAX), AfterValidator(_utf8)]
 MetadataIn = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=METADATA_KEYS_MAX)]
 
@@ -191,6 +189,27 @@ def plain_transfer_columns(items: object) -> PlainColumns | None:
     return columns
 
 
+PlainTransfer = tuple[str, str, str, int, str]
+"""The ``PLAIN_TRANSFER_FIELDS`` of one plain transfer."""
+
+
+def plain_transfer(item: object) -> PlainTransfer | None:
+    """The fields of ``item`` if it is one plain transfer that ``TransferIn`` accepts as it is,
+    else None: ``plain_transfer_columns`` for a single transfer, without building columns."""
+    if type(item) is not dict or len(item) != len(PLAIN_TRANSFER_FIELDS):
+        return None
+    try:
+        fields = (item["id"], item["debit_account_id"], item["credit_account_id"], item["amount"], item["ledger"])
+    except KeyError:
+        return None
+    transfer_id, debit_id, credit_id, amount, ledger = fields
+    if type(amount) is not int or not -AMOUNT_MAX <= amount <= AMOUNT_MAX:
+        return None
+    if not (_ids_valid((transfer_id, debit_id, credit_id)) and _ledger_code_valid(ledger)):
+        return None
+    return fields
+
+
 def plain_transfers_valid(items: object) -> bool:
     """Whether every item is a plain transfer ``TransferIn`` accepts as it is (see above)."""
     return plain_transfer_columns(items) is not None
@@ -208,8 +227,14 @@ class ApiKeyIn(StrictModel):
 # ----------------------------------------------------------------- responses (documentation)
 class ErrorDetail(BaseModel):
     type: Literal[
-        "invalid_request", "authentication", "permission", "not_found", "conflict", "payment_declined",
-        "rate_limited", "internal",
+        "invalid_request",
+        "authentication",
+        "permission",
+        "not_found",
+        "conflict",
+        "payment_declined",
+        "rate_limited",
+        "internal",
     ]
     code: str
     message: str

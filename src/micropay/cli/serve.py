@@ -77,6 +77,14 @@ class CoalescingTransport:
         for data in lines:
             self.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """Write ``data``, a whole response, now (after anything held)."""
+        if self._held:
+            self.write(data)
+            self.flush()
+        else:
+            self._transport.write(data)
+
     def flush(self) -> None:
         held = self._held
         if held:
@@ -105,9 +113,11 @@ class CoalescingTransport:
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a ``CoalescingTransport``: one write per response."""
 
+    _writer: CoalescingTransport
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        coalescing = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
-        super().connection_made(cast(asyncio.Transport, coalescing))
+        self._writer = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(cast(asyncio.Transport, self._writer))
 
 
 class DirectLaneProtocol(OneWriteHttpToolsProtocol):
@@ -172,7 +182,7 @@ class DirectLaneProtocol(OneWriteHttpToolsProtocol):
         if not cycle.keep_alive:
             content.append(b"connection: close\r\n")
         content += (b"\r\n", response.body)
-        cycle.transport.write(b"".join(content))
+        self._writer.write_whole(b"".join(content))
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
