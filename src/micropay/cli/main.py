@@ -34,7 +34,7 @@ class RoleChoice(enum.StrEnum):
     publisher = "publisher"
 
 
-def _open_engine(db: str, *, purpose: str) -> Engine:
+def _open_engine(db: str, *, purpose: str, batch_window_s: float | None = None) -> Engine:
     """Open the store and start an engine on it, or exit with a clear message."""
     try:
         store = open_store(db)
@@ -49,7 +49,7 @@ def _open_engine(db: str, *, purpose: str) -> Engine:
         typer.echo(f"error: cannot open the database {db}: {error}", err=True)
         raise typer.Exit(1) from None
     try:
-        return Engine(store)
+        return Engine(store) if batch_window_s is None else Engine(store, batch_window_s=batch_window_s)
     except BaseException:
         store.close()
         raise
@@ -67,9 +67,9 @@ def serve_command(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) on one database."""
-    from micropay.cli.serve import run_server
+    from micropay.cli.serve import SERVE_BATCH_WINDOW_S, run_server
 
-    engine = _open_engine(db, purpose="point --db at another database.")
+    engine = _open_engine(db, purpose="point --db at another database.", batch_window_s=SERVE_BATCH_WINDOW_S)
     try:
         run_server(engine, host=host, port=port, admin_key_file=admin_key_file, access_log=access_log)
     finally:
