@@ -7,7 +7,6 @@ import gc
 import os
 import signal
 import socket
-import sys
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -255,12 +254,9 @@ def run_server(
     # that was there before it: make that one unwind normally, so the caller closes the engine.
     previous = {sig: signal.signal(sig, _exit_after_graceful_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_garbage_collector()
-    switch_interval_s = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         _AnnouncingServer(config, note).run()
     finally:
-        sys.setswitchinterval(switch_interval_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -270,13 +266,8 @@ SERVE_BATCH_WINDOW_S = 0.0
 turn of the event loop (``TransferCoalescer``, the charge batcher), so the engine starts a batch
 as soon as the previous one is durable, and what arrives meanwhile forms the next: the event
 loop works while the engine syncs. Measured on 2 cores with 64 clients sending single
-transfers (6 runs each, medians): 1 ms window 5.6k/s, none 6.2k/s; with the switch interval
-below, 6.7k/s."""
-
-SWITCH_INTERVAL_S = 0.0005
-"""The interpreter's thread switch interval while serving (Python's default: 5 ms). The engine
-thread needs the GIL back after each sync; while the event loop is busy it would wait up to the
-whole interval for it, holding every request of the batch."""
+transfers (6 runs each, medians): 1 ms window 5.6k/s, none 6.2k/s. (A shorter interpreter
+switch interval, 0.5 ms, looked better once and worse in alternating runs: left at Python's.)"""
 
 GRACEFUL_SHUTDOWN_S = 30
 """Longest a stopping server waits for requests in flight before it closes their connections;
