@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from ledger_testkit import USD, codes, open_engine, setup_accounts, totals, transfer, wallet
 
+from micropay.engine import BatchContext
 from micropay.errors import StoreSchemaError
 from micropay.ledger import Result
 from micropay.store.postgres import PostgresStore
@@ -89,6 +90,34 @@ def test_engines_draining_one_hot_wallet_never_overdraw_it(postgres_url: str) ->
             answers = [code for batch in pool.map(spend, range(24)) for code in batch]
         assert answers.count(Result.OK) == 100 and answers.count(Result.EXCEEDS_CREDITS) == 140
         assert totals(engines[2].account("w")) == (100, 100, 0, 0)
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_a_record_created_unread_after_another_engine_made_it_conflicts_and_runs_again(postgres_url: str) -> None:
+    """``create_document`` is insert-only on a shared database: an operation that decided from
+    other evidence that its record is new (without reading it) cannot overwrite the record
+    another writer made first; its batch runs again and finds that record."""
+    engines = [open_engine(postgres_url) for _ in range(2)]
+    try:
+        engines[0].call(lambda ctx: ctx.create_document("test", "x", b"first"))
+        runs: list[bytes | None] = []
+
+        def create_unless_seen(ctx: BatchContext) -> bytes:
+            if not runs:  # the first run decides, without reading, that the record is new
+                runs.append(None)
+                ctx.create_document("test", "x", b"second")
+                return b"second"
+            body = ctx.get_document("test", "x")
+            runs.append(body)
+            assert body is not None
+            return body
+
+        retries = engines[1].stats.retries
+        assert engines[1].call(create_unless_seen) == b"first"
+        assert runs == [None, b"first"] and engines[1].stats.retries > retries
+        assert engines[0].call(lambda ctx: ctx.get_document("test", "x")) == b"first"
     finally:
         for engine in engines:
             engine.close()

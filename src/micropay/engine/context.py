@@ -52,6 +52,7 @@ class BatchContext:
         self._state = state
         self._reader = documents
         self._written: dict[DocumentKey, bytes] = {}
+        self._created: set[DocumentKey] = set()
         self._undo: list[tuple[DocumentKey, bytes | None]] = []
         self.now_ns = now_ns
 
@@ -92,6 +93,16 @@ class BatchContext:
         self._undo.append((key, self._written.get(key)))
         self._written[key] = body
 
+    def create_document(self, kind: str, document_id: str, body: bytes) -> None:
+        """Write a record that must not exist yet: the one made under a client's idempotency key.
+
+        On a shared database another writer may make the same record at the same time without
+        this batch having read it (an operation may decide from other evidence, such as the
+        ledger's transfers, that it is new). Written as new, the database's primary key then
+        decides: the second writer's batch conflicts and runs again, and finds the first's."""
+        self.put_document(kind, document_id, body)
+        self._created.add((kind, document_id))
+
     def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
         """The newest versions of those of these documents that exist, as ``get_document`` would
         answer one by one, with one store read for all that are not in memory (for an operation
@@ -123,8 +134,13 @@ class BatchContext:
             key, before = self._undo.pop()
             if before is None:
                 del self._written[key]
+                self._created.discard(key)
             else:
                 self._written[key] = before
+
+    def created(self, key: DocumentKey) -> bool:
+        """Whether this batch writes ``key`` through ``create_document`` (so it must be new)."""
+        return key in self._created and key in self._written
 
     @property
     def written(self) -> dict[DocumentKey, bytes]:

@@ -687,7 +687,7 @@ class ChargeDesk:
         return record, legs
 
     def write(self, record: Charge) -> None:
-        self.ctx.put_document(CHARGE, record.id, encode_charge(record))
+        self.ctx.create_document(CHARGE, record.id, encode_charge(record))
 
     def book(self) -> None:
         """Once the charges' money has moved: each payer's tab accrual, promo grants and cap
