@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from micropay.api.schemas import Amount, CreditLimit, Id, LedgerCode, MetadataIn, StrictModel
-from micropay.ledger.limits import AMOUNT_MAX, NS_PER_S
+from micropay.api.timestamps import check_rfc3339, rfc3339_ns
+from micropay.ledger.limits import AMOUNT_MAX
 from micropay.models.passes import DURATION_S_MAX
 from micropay.models.payments import (
     CHARGES_PER_OPERATION_MAX,
@@ -25,27 +26,8 @@ from micropay.models.payments import (
 from micropay.models.promo import CODE_LENGTH_MAX
 
 RAIL_NAME_LENGTH_MAX = 32
-TIMESTAMP_NS_MAX = 2**63 - 1
 DURATION_S_BOUND = 10**9
 """Bound on ``duration_s`` in requests (so it always fits); the pass rules refuse past ``DURATION_S_MAX``."""
-
-
-def _rfc3339_ns(value: str) -> int:
-    """An RFC 3339 timestamp with its offset (``2026-05-01T00:00:00Z``) as ns since the epoch."""
-    text = value.strip()
-    if "T" not in text and "t" not in text:
-        raise ValueError("must be an RFC 3339 timestamp such as 2026-05-01T00:00:00Z")
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError as error:
-        raise ValueError("must be an RFC 3339 timestamp such as 2026-05-01T00:00:00Z") from error
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("must carry a UTC offset (Z or +hh:mm)")
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    ns = (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1_000
-    if not 0 <= ns <= TIMESTAMP_NS_MAX:
-        raise ValueError("must lie between 1970 and 2262")
-    return ns
 
 
 Timestamp = Annotated[
@@ -56,16 +38,9 @@ Timestamp = Annotated[
 """A point in time as the client writes it; ``timestamp_ns`` turns it into ns."""
 
 
-def timestamp_ns(value: str) -> int:
-    return _rfc3339_ns(value)
+timestamp_ns = rfc3339_ns
 
-
-def _check_timestamp(value: str) -> str:
-    _rfc3339_ns(value)
-    return value
-
-
-CheckedTimestamp = Annotated[Timestamp, AfterValidator(_check_timestamp)]
+CheckedTimestamp = Annotated[Timestamp, AfterValidator(check_rfc3339)]
 NonNegative = Annotated[int, Field(ge=0, le=AMOUNT_MAX)]
 RailName = Annotated[str, StringConstraints(min_length=1, max_length=RAIL_NAME_LENGTH_MAX, pattern=r"^[a-z0-9_]+$")]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_LENGTH_MAX)]

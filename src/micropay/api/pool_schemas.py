@@ -3,49 +3,26 @@ memberships, reads, distributions and earnings (strict, like ``api.schemas``).""
 
 from __future__ import annotations
 
-import datetime as dt
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from micropay.api.schemas import Id, LedgerCode, MetadataIn, StrictModel
-from micropay.ledger.limits import AMOUNT_MAX, NS_PER_S
+from micropay.api.timestamps import check_rfc3339
+from micropay.ledger.limits import AMOUNT_MAX
 from micropay.models.pools import READ_WINDOW_S_DEFAULT
 
-TIMESTAMP_NS_MAX = 2**63 - 1
 BPS_BOUND = 10**6
 """Bound on each ``split_bps`` entry in requests (so it always fits); the pool rules refuse a split
 whose entries are negative or do not add up to 10000 (``invalid_split``)."""
 READ_WINDOW_S_BOUND = 10**9
 
 
-def rfc3339_ns(value: str) -> int:
-    """An RFC 3339 timestamp with its offset (``2026-05-01T12:00:00Z``) as ns since the epoch."""
-    if "T" not in value and "t" not in value:
-        raise ValueError("must be an RFC 3339 timestamp such as 2026-05-01T12:00:00Z")
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError as error:
-        raise ValueError("must be an RFC 3339 timestamp such as 2026-05-01T12:00:00Z") from error
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("must carry a UTC offset (Z or +hh:mm)")
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    ns = (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1_000
-    if not 0 <= ns <= TIMESTAMP_NS_MAX:
-        raise ValueError("must lie between 1970 and 2262")
-    return ns
-
-
-def _check_rfc3339(value: str) -> str:
-    rfc3339_ns(value)
-    return value
-
-
 Timestamp = Annotated[
     str,
     StringConstraints(min_length=10, max_length=64),
-    AfterValidator(_check_rfc3339),
+    AfterValidator(check_rfc3339),
     Field(json_schema_extra={"format": "date-time"}, description="RFC 3339, e.g. `2026-05-01T12:00:00Z`."),
 ]
 Period = Annotated[

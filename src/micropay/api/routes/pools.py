@@ -30,13 +30,13 @@ from micropay.api.pool_schemas import (
     ReadIn,
     ReadList,
     ReadOut,
-    rfc3339_ns,
 )
 from micropay.api.routes.docs import create_responses, read_responses, write_responses
 from micropay.api.routing import OrjsonRoute
 from micropay.api.schemas import ID_PATTERN, metadata_pairs
 from micropay.api.serialise import REPLAYED_HEADER, JsonResponse, created, page, rfc3339
 from micropay.api.services import get_services
+from micropay.api.timestamps import rfc3339_ns
 from micropay.engine import Engine
 from micropay.errors import InvalidRequest, NotFound
 from micropay.ledger.limits import ID_LENGTH_MAX
