@@ -9,7 +9,7 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from micropay import __version__
-from micropay.api.auth import Authenticator
+from micropay.api.authenticator import Authenticator
 from micropay.api.background import install_settler
 from micropay.api.body_limit import BodyLimitMiddleware
 from micropay.api.coalesce import TransferCoalescer

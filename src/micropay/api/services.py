@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
+from micropay.api.authenticator import Authenticator
+from micropay.api.coalesce import TransferCoalescer
 from micropay.api.ratelimit import RateLimiter
 from micropay.api.settings import Settings
 from micropay.engine import Engine
 from micropay.settlement.rails import Rails
-
-if TYPE_CHECKING:
-    from micropay.api.auth import Authenticator
-    from micropay.api.coalesce import TransferCoalescer
 
 
 @dataclass(frozen=True, slots=True)
