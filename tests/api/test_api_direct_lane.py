@@ -218,3 +218,17 @@ def test_a_connection_close_request_is_answered_then_closed(servers: tuple[Serve
     answers, closed = _exchange(lane_server.port, _request(key, _transfer("bye"), extra="Connection: close\r\n"))
     assert b"connection: close" in answers[0][0].lower()
     assert closed
+
+
+def test_a_fault_in_the_lane_leaves_the_request_to_the_app(
+    servers: tuple[Served, Served, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lane_server, _, key = servers
+    assert lane_server.lane is not None
+
+    def broken(scope: Any, body: bytes) -> None:
+        raise RuntimeError("a bug in the lane")
+
+    monkeypatch.setattr(lane_server.lane, "_request", broken)
+    answers, _ = _exchange(lane_server.port, _request(key, _transfer("fault")))
+    assert answers[0][0].split(b" ")[1] == b"201"

@@ -167,7 +167,12 @@ class DirectLaneProtocol(OneWriteHttpToolsProtocol):
         self._held = None
         cycle, app = held
         scope = cast(Scope, cycle.scope)
-        if cycle.disconnected or not self.lane.take(scope, bytes(cycle.body), partial(self._respond, cycle)):
+        try:
+            taken = not cycle.disconnected and self.lane.take(scope, bytes(cycle.body), partial(self._respond, cycle))
+        except Exception:  # a fault of the lane's own: the app answers the request instead
+            self.logger.exception("direct lane failed; the request goes through the app")
+            taken = False
+        if not taken:
             super()._start_asgi_task(cycle, app)
             return
         cycle.body = bytearray()
