@@ -2,7 +2,9 @@
 
 (a) many concurrent clients each sending single transfers: transfers/s, p50 and p99 latency;
 (b) the batch endpoint with 8190 transfers per request: transfers/s. The load generator runs in
-its own process (``micropay.bench.loadgen``), only against 127.0.0.1, bounded in time.
+its own process (``micropay.bench.loadgen``), only against 127.0.0.1, bounded in time. After
+(a), the same load against a bare protocol answering a constant (``micropay.bench.baseline``)
+gives this machine's floor at the time: ``single_vs_baseline`` compares runs across a drift.
 """
 
 from __future__ import annotations
@@ -139,6 +141,28 @@ def run_load(
     return summary
 
 
+def run_baseline(connections: int, duration_s: float) -> dict[str, object]:
+    """The load generator's single mode against a bare protocol answering a constant
+    (``micropay.bench.baseline``): what one request costs this machine now, at the floor."""
+    port = free_port()
+    lifetime_s = duration_s + SERVER_START_S_MAX + 10
+    command = [sys.executable, "-m", "micropay.bench.baseline", "--port", str(port), "--lifetime-s", str(lifetime_s)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVER_START_S_MAX
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise MicropayError("the baseline server did not start") from None
+                time.sleep(0.05)
+        return run_load([port], "none", "single", connections, duration_s, accounts=2)
+    finally:
+        stop_server(server)
+
+
 def bench_http(
     report: Reporter,
     *,
@@ -175,6 +199,12 @@ def bench_http(
             if cpu_before is not None and cpu_after is not None and transfers:
                 # CPU per transfer moves less than the rates when other work shares the machine.
                 report.figure("single_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
+            baseline = run_baseline(connections, duration_s)
+            report.note(f"baseline: {baseline}")
+            baseline_per_s = int(str(baseline["transfers_ok"])) / float(str(baseline["elapsed_s"]))
+            report.figure("baseline_requests_per_s", baseline_per_s, "1/s")
+            if baseline_per_s:
+                report.figure("single_vs_baseline", transfers / elapsed / baseline_per_s, "ratio")
             cpu_before = _cpu_s(started)
             batch = run_load(ports, key, "batch", batch_connections, duration_s, accounts)
             cpu_after = _cpu_s(started)
