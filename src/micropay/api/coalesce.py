@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
+from typing import cast
 
 from micropay.engine import Engine
 from micropay.errors import require
@@ -110,5 +111,6 @@ def _settle(
         return
     if error is not None:
         future.set_exception(error)
-    elif outcome is not None:
-        future.set_result(outcome)
+    else:
+        require(outcome is not None, "a transfer delivered neither an outcome nor an error")
+        future.set_result(cast(TransferOutcome, outcome))

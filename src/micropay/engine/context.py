@@ -53,7 +53,7 @@ class BatchContext:
         self._reader = documents
         self._written: dict[DocumentKey, bytes] = {}
         self._created: set[DocumentKey] = set()
-        self._undo: list[tuple[DocumentKey, bytes | None]] = []
+        self._undo: list[tuple[DocumentKey, bytes | None, bool]] = []  # key, body before, created before
         self.now_ns = now_ns
 
     def create_transfers(self, requests: Sequence[TransferRequest]) -> Sequence[TransferOutcome]:
@@ -90,7 +90,7 @@ class BatchContext:
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record with this batch (replacing any older version)."""
         key = (kind, document_id)
-        self._undo.append((key, self._written.get(key)))
+        self._undo.append((key, self._written.get(key), key in self._created))
         self._written[key] = body
 
     def create_document(self, kind: str, document_id: str, body: bytes) -> None:
@@ -131,16 +131,17 @@ class BatchContext:
 
     def rollback_documents(self, mark: int) -> None:
         while len(self._undo) > mark:
-            key, before = self._undo.pop()
+            key, before, created_before = self._undo.pop()
             if before is None:
                 del self._written[key]
-                self._created.discard(key)
             else:
                 self._written[key] = before
+            if not created_before:
+                self._created.discard(key)
 
     def created(self, key: DocumentKey) -> bool:
         """Whether this batch writes ``key`` through ``create_document`` (so it must be new)."""
-        return key in self._created and key in self._written
+        return key in self._created
 
     @property
     def written(self) -> dict[DocumentKey, bytes]:

@@ -246,8 +246,10 @@ class SharedCore:
             _check_conservation(loader.locked, changed, created)
             applied = time.perf_counter()
             stats.apply_s += applied - started
-            written = [(Document(kind, document_id, body), context.created(key) or documents.must_be_new(key))
-                       for key, body in context.written.items() for kind, document_id in (key,)]  # fmt: skip
+            written = [
+                (Document(*key, body), context.created(key) or documents.must_be_new(key))
+                for key, body in context.written.items()
+            ]
             wrote = not journal.is_empty() or bool(written)
             if self._clock_ns() - now_ns > BATCH_AGE_MAX_S * NS_PER_S:
                 raise BatchConflict("the batch took longer than BATCH_AGE_MAX_S; running it again")
