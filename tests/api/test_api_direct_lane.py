@@ -24,7 +24,7 @@ from micropay.api import Settings, create_app
 from micropay.api.app import MicropayApi
 from micropay.api.direct import DirectTransfers
 from micropay.api.keys import issue_key
-from micropay.cli.serve import http_protocol
+from micropay.cli.protocol import http_protocol
 from micropay.engine import Engine
 from micropay.ledger import AccountFlags, AccountRequest
 from micropay.store import open_store
@@ -39,7 +39,9 @@ class Served:
     lane: DirectTransfers | None
 
 
-def _serve(app: MicropayApi, lane: DirectTransfers | None) -> tuple[Served, uvicorn.Server, threading.Thread]:
+def _serve(
+    app: MicropayApi, lane: DirectTransfers | None, *, timeout_keep_alive_s: int = 5
+) -> tuple[Served, uvicorn.Server, threading.Thread]:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -49,6 +51,7 @@ def _serve(app: MicropayApi, lane: DirectTransfers | None) -> tuple[Served, uvic
         log_level="warning",
         access_log=False,
         lifespan="off",
+        timeout_keep_alive=timeout_keep_alive_s,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="lane-test-server", daemon=True)
@@ -140,6 +143,20 @@ def _request(
     return head.encode() + body
 
 
+def _get(key: str, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+
+
+def _chunked(key: str, body: bytes) -> bytes:
+    head = (
+        "POST /v1/transfers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    half = len(body) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+    return head.encode() + chunks + b"0\r\n\r\n"
+
+
 def _transfer(transfer_id: str, **fields: Any) -> bytes:
     body = {"id": transfer_id, "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "ledger": "USD"}
     body.update(fields)
@@ -160,8 +177,9 @@ def _normal(answers: list[tuple[bytes, bytes]], transfer_id: str) -> list[tuple[
     return normal
 
 
-# Each case: (name, request maker from key and id, responses expected, whether the lane takes it).
-CASES: list[tuple[str, Any, int, bool]] = [
+# Each case: (name, request maker from key and id, responses expected, whether the lane takes it;
+# None: it may or may not, by how the bytes arrive).
+CASES: list[tuple[str, Any, int, bool | None]] = [
     ("plain", lambda k, i: _request(k, _transfer(i)), 1, True),
     ("replay", lambda k, i: _request(k, _transfer(i)) * 2, 2, True),
     ("conflict", lambda k, i: _request(k, _transfer(i)) + _request(k, _transfer(i, amount=6)), 2, True),
@@ -180,6 +198,9 @@ CASES: list[tuple[str, Any, int, bool]] = [
     ("extra field", lambda k, i: _request(k, _transfer(i, colour="red")), 1, False),
     ("linked", lambda k, i: _request(k, _transfer(i, flags=["linked"])), 1, False),
     ("two keys", lambda k, i: _request(k, _transfer(i), extra=f"Authorization: Bearer {k}\r\n"), 1, False),
+    ("chunked", lambda k, i: _chunked(k, _transfer(i)), 1, False),
+    ("transfer then read it", lambda k, i: _request(k, _transfer(i)) + _get(k, f"/v1/transfers/{i}"), 2, True),
+    ("read then transfer", lambda k, i: _get(k, f"/v1/transfers/{i}") + _request(k, _transfer(i)), 2, None),
 ]
 
 
@@ -198,7 +219,7 @@ def test_the_lane_answers_what_the_app_answers(
     declined_now = lane_server.lane.declined - declined_before
     if taken:
         assert taken_now >= 1 and declined_now == 0
-    else:
+    elif taken is not None:
         assert taken_now == 0
 
 
@@ -232,3 +253,46 @@ def test_a_fault_in_the_lane_leaves_the_request_to_the_app(
     monkeypatch.setattr(lane_server.lane, "_request", broken)
     answers, _ = _exchange(lane_server.port, _request(key, _transfer("fault")))
     assert answers[0][0].split(b" ")[1] == b"201"
+
+
+def test_a_body_arriving_in_pieces_is_taken_once_whole(
+    servers: tuple[Served, Served, str], lane_engine: Engine
+) -> None:
+    lane_server, _, key = servers
+    assert lane_server.lane is not None
+    taken_before = lane_server.lane.taken
+    raw = _request(key, _transfer("pieces"))
+    with socket.create_connection(("127.0.0.1", lane_server.port), timeout=READ_S_MAX) as sock:
+        for start in range(0, len(raw), 40):
+            sock.sendall(raw[start : start + 40])
+            time.sleep(0.01)
+        head, body = _read_response(sock, bytearray())
+    assert head.split(b" ")[1] == b"201"
+    assert orjson.loads(body)["id"] == "pieces"
+    assert lane_server.lane.taken == taken_before + 1
+    assert lane_engine.transfer("pieces") is not None
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
+    servers: tuple[Served, Served, str], lane_engine: Engine
+) -> None:
+    _, _, key = servers
+    app = create_app(lane_engine)
+    assert isinstance(app, MicropayApi)
+    lane = app.direct_lane()
+    served, server, thread = _serve(app, lane, timeout_keep_alive_s=1)
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
+            buffer = bytearray()
+            for index in range(4):  # 4 requests 0.5 s apart: busier than the 1 s timeout
+                sock.sendall(_request(key, _transfer(f"keep-alive-{index}")))
+                head, _ = _read_response(sock, buffer)
+                assert head.split(b" ")[1] == b"201"
+                time.sleep(0.5)
+            sock.settimeout(3.0)
+            started = time.monotonic()
+            assert sock.recv(1) == b"", "the idle connection was not closed"
+            assert time.monotonic() - started < 2.5
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -29,7 +29,7 @@ from micropay.api.schemas import (
     plain_transfer_columns,
     plain_transfers_valid,
 )
-from micropay.cli.serve import CoalescingTransport
+from micropay.cli.protocol import CoalescingTransport
 from micropay.engine import Engine
 from micropay.errors import NotFound, QueueFullError
 from micropay.ledger import TransferFlags, TransferRequest

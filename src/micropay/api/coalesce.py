@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
@@ -30,6 +31,7 @@ from micropay.ledger import TransferFlags, TransferOutcome, TransferRequest
 from micropay.ledger.limits import BATCH_SIZE_MAX
 
 _LINKED = int(TransferFlags.LINKED)
+_logger = logging.getLogger(__name__)
 
 Delivery = Callable[[TransferOutcome | None, BaseException | None], None]
 """Called once, in the event loop, with a transfer's outcome (and None) or (None and) the error
@@ -96,12 +98,18 @@ def _deliver(waiting: _Waiting, done: Future[Sequence[TransferOutcome]]) -> None
         return
     outcomes = done.result()
     for (_, deliver), outcome in zip(waiting, outcomes, strict=True):
-        deliver(outcome, None)
+        try:
+            deliver(outcome, None)
+        except Exception:  # one caller's fault must not keep the others of the batch waiting
+            _logger.exception("delivering a transfer's outcome failed")
 
 
 def _fail(waiting: _Waiting, error: BaseException) -> None:
     for _, deliver in waiting:
-        deliver(None, error)
+        try:
+            deliver(None, error)
+        except Exception:
+            _logger.exception("delivering a transfer's failure failed")
 
 
 def _settle(

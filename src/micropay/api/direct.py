@@ -2,27 +2,28 @@
 
 ``POST /v1/transfers`` carries one small transfer, and on this hot path the ASGI cycle (a task
 per request, the scope, the receive and send coroutines, the header checks of each send) costs
-more than everything the transfer itself needs. The HTTP protocol (``micropay.cli.serve``) hands
-such a request, once its body is in, to ``DirectTransfers.take``, which either takes it whole or
-declines it having changed nothing; a declined request goes through the ASGI app as any other.
+more than everything the transfer itself needs. The HTTP protocol (``micropay.cli.protocol``)
+keeps the head of a request the lane ``wants`` and, once its body is in, offers it to ``take``,
+which either takes it whole or declines it having changed nothing; a declined request goes
+through the ASGI app as any other.
 
-It takes only a request the lean route would accept as it is: no query string; exactly one
-``Content-Type: application/json`` and one ``Authorization: Bearer`` header, with a key verified
-within the key cache's TTL (``Authenticator.known``) whose role the route admits; a body that
-parses and validates exactly as the route validates it, and is not ``linked``; and a rate-limit
-token (spent last, so a declined request never spends one). Everything else, every error the
-caller could have made, is answered by the app. Once taken, the transfer goes to the same
-coalescer as the route's, and the answer is made by the same function (``transfer_response``),
-its refusals rendered by the app's own exception handlers: the lane answers what the route
-answers, byte for byte.
+It takes only a request the lean route would accept as it is: the path alone (no query string);
+exactly one ``Content-Type: application/json`` and one ``Authorization: Bearer`` header, with a
+key verified within the key cache's TTL (``Authenticator.known``) whose role the route admits; a
+body that parses and validates exactly as the route validates it, and is not ``linked``; and a
+rate-limit token (spent last, so a declined request never spends one). Everything else, every
+error the caller could have made, is answered by the app. Once taken, the transfer goes to the
+same coalescer as the route's, and the answer is made by the same function
+(``transfer_response``), its refusals rendered by the app's own exception handlers: the lane
+answers what the route answers, byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -44,9 +45,21 @@ one, or one without a Content-Length, goes through the app."""
 ERRORS_RENDERING_MAX = 1024
 """Most refusals being rendered at once (each a small task); past it the lane declines."""
 
-Respond = Callable[[Response], None]
+Headers = list[tuple[bytes, bytes]]
+"""A request's headers as the protocol read them: names in lower case, in order."""
+_PATH = PATH.encode("ascii")
 _JSON = b"application/json"
 _LINKED = int(TransferFlags.LINKED)
+
+
+class Reply(Protocol):
+    """Where a taken request's answer goes (the protocol's, one per request)."""
+
+    def respond(self, response: Response) -> None:
+        """Write ``response`` (in the event loop, once)."""
+
+    def scope(self) -> Scope:
+        """The request's ASGI scope, as the app would have seen it (made only for a refusal)."""
 
 
 class DirectTransfers:
@@ -67,40 +80,40 @@ class DirectTransfers:
         self.taken = 0
         self.declined = 0
 
-    def wants(self, scope: Scope) -> bool:
-        """Whether a request may be taken, from its head alone: the path, and a declared body
-        the lane can hold (the protocol then keeps the request until its body is in)."""
-        if scope["method"] != "POST" or scope["path"] != PATH or scope["root_path"]:
+    def wants(self, method: bytes, url: bytes, headers: Headers) -> bool:
+        """Whether a request may be taken, from its head alone: ``POST`` to the path itself, and
+        a declared body the lane can hold (no chunks, no ``Expect``)."""
+        if method != b"POST" or url != _PATH:
             return False
         length = -1
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"content-length":
                 if length >= 0 or not value.isdigit():
                     return False
                 length = int(value)
-            elif name == b"transfer-encoding":
+            elif name == b"transfer-encoding" or name == b"expect":
                 return False
         return 0 < length <= self._body_bytes_max
 
-    def take(self, scope: Scope, body: bytes, respond: Respond) -> bool:
-        """Take the request (``respond`` is then called once, in the loop, with its answer) or
-        decline it, having changed nothing."""
-        request = self._request(scope, body)
+    def take(self, headers: Headers, body: bytes, reply: Reply) -> bool:
+        """Take the request (``reply`` then gets its answer, once, in the loop) or decline it,
+        having changed nothing. The protocol offers only requests the lane ``wants``."""
+        request = self._request(headers, body)
         if request is None:
             self.declined += 1
             return False
         self.taken += 1
-        self._coalescer.submit(request, partial(self._answer, scope, request, respond))
+        self._coalescer.submit(request, partial(self._answer, request, reply))
         return True
 
-    def _request(self, scope: Scope, body: bytes) -> TransferRequest | None:
+    def _request(self, headers: Headers, body: bytes) -> TransferRequest | None:
         """The transfer to submit if the route would take the request as it is (its rate-limit
         token then spent), else None."""
-        if scope["query_string"] or len(self._rendering) >= ERRORS_RENDERING_MAX:
+        if len(self._rendering) >= ERRORS_RENDERING_MAX:
             return None
         content_type: bytes | None = None
         authorization: bytes | None = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"content-type":
                 if content_type is not None:
                     return None
@@ -141,9 +154,8 @@ class DirectTransfers:
 
     def _answer(
         self,
-        scope: Scope,
         request: TransferRequest,
-        respond: Respond,
+        reply: Reply,
         outcome: TransferOutcome | None,
         error: BaseException | None,
     ) -> None:
@@ -153,16 +165,16 @@ class DirectTransfers:
             except Exception as refusal:  # rendered below, as the route's would be
                 error = refusal
             else:
-                respond(response)
+                reply.respond(response)
                 return
         if not isinstance(error, Exception):  # a BaseException (cancelled, exiting): no answer
             return
-        task = asyncio.get_running_loop().create_task(self._render(scope, error, respond))
+        task = asyncio.get_running_loop().create_task(self._render(error, reply))
         self._rendering.add(task)
         task.add_done_callback(self._rendering.discard)
 
-    async def _render(self, scope: Scope, error: Exception, respond: Respond) -> None:
-        respond(await render_exception(self._exception_handlers, Request(scope), error))
+    async def _render(self, error: Exception, reply: Reply) -> None:
+        reply.respond(await render_exception(self._exception_handlers, Request(reply.scope()), error))
 
 
 def direct_transfers(services: Services, exception_handlers: Mapping[Any, ExceptionHandler]) -> DirectTransfers | None:

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import signal
 import socket
-from collections.abc import Iterable
-from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
 
 import typer
 import uvicorn
-from starlette.responses import Response
-from starlette.types import Scope
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from micropay.api import Settings, create_app
 from micropay.api.app import MicropayApi
-from micropay.api.direct import DirectTransfers
 from micropay.api.keys import issue_key, verify_key
+from micropay.cli.protocol import http_protocol
 from micropay.engine import Engine
 
 ADMIN_KEY_FILE_MODE = 0o600
@@ -53,153 +45,6 @@ def ensure_admin_key_file(engine: Engine, path: Path) -> str:
 def _url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
-
-
-class CoalescingTransport:
-    """A transport that sends what one turn of the event loop writes to it as one write.
-
-    uvicorn writes a response's head and its body separately: two system calls, two TCP
-    segments, two wake-ups of the client. Held until the end of the turn (or a close), they
-    go as one. Everything else is the wrapped transport's.
-    """
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
-
-    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in lines:
-            self.write(data)
-
-    def write_whole(self, data: bytes) -> None:
-        """Write ``data``, a whole response, now (after anything held)."""
-        if self._held:
-            self.write(data)
-            self.flush()
-        else:
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        held = self._held
-        if held:
-            self._held = []
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = []
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a ``CoalescingTransport``: one write per response."""
-
-    _writer: CoalescingTransport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._writer = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
-        super().connection_made(cast(asyncio.Transport, self._writer))
-
-
-class DirectLaneProtocol(OneWriteHttpToolsProtocol):
-    """The protocol, handing plain single transfers to the direct lane (``micropay.api.direct``).
-
-    uvicorn makes a request's cycle when its head is in and starts the app's task at once. For
-    a request the lane ``wants`` (and only in that standard case: not a pipelined request, not
-    one over the concurrency limit, not one waiting for ``100 Continue``) the task is held back
-    until the body is in; then the lane takes the request, or the task starts as it would
-    have, the body waiting in the cycle. A taken request's answer is written as uvicorn's
-    ``send`` writes a response with a Content-Length (its default headers, ``connection:
-    close`` when the connection will not be kept), and the cycle then completes as uvicorn's
-    does, so keep-alive, pipelining and graceful shutdown go on unchanged. Taken requests are
-    not in the access log: ``run_server`` serves with the lane only while access logging is off.
-    """
-
-    lane: DirectTransfers
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._heads_in = False
-        self._held: tuple[RequestResponseCycle, ASGI3Application] | None = None
-
-    def on_headers_complete(self) -> None:
-        self._heads_in = True
-        try:
-            super().on_headers_complete()
-        finally:
-            self._heads_in = False
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        if (
-            self._heads_in
-            and app is self.app
-            and not cycle.waiting_for_100_continue
-            and self.lane.wants(cast(Scope, cycle.scope))
-        ):
-            self._held = (cycle, app)
-            return
-        super()._start_asgi_task(cycle, app)
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        held = self._held
-        if held is None or held[0] is not self.cycle:
-            return
-        self._held = None
-        cycle, app = held
-        scope = cast(Scope, cycle.scope)
-        try:
-            taken = not cycle.disconnected and self.lane.take(scope, bytes(cycle.body), partial(self._respond, cycle))
-        except Exception:  # a fault of the lane's own: the app answers the request instead
-            self.logger.exception("direct lane failed; the request goes through the app")
-            taken = False
-        if not taken:
-            super()._start_asgi_task(cycle, app)
-            return
-        cycle.body = bytearray()
-
-    def _respond(self, cycle: RequestResponseCycle, response: Response) -> None:
-        if cycle.disconnected or cycle.response_started:
-            return
-        cycle.response_started = True
-        content: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
-        for name, value in (*cycle.default_headers, *response.raw_headers):
-            content += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", response.body)
-        self._writer.write_whole(b"".join(content))
-        cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            cycle.transport.close()
-        cycle.on_response()
-
-
-def http_protocol(lane: DirectTransfers | None) -> type[HttpToolsProtocol]:
-    """The protocol class to serve with: with the direct lane when there is one."""
-    if lane is None:
-        return OneWriteHttpToolsProtocol
-    return type("DirectLaneProtocol", (DirectLaneProtocol,), {"lane": lane})
 
 
 class _AnnouncingServer(uvicorn.Server):
