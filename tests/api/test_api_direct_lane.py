@@ -167,10 +167,10 @@ _STAMP = re.compile(rb'("timestamp":)\d+|("created_at":)"[^"]*"|("id":)"tr_[0-9a
 
 
 def _normal(answers: list[tuple[bytes, bytes]], transfer_id: str) -> list[tuple[list[bytes], bytes]]:
-    """Heads without the Date header, bodies without timestamps or the request's own id."""
+    """Heads with the Date header's value blanked, bodies without timestamps or the request's own id."""
     normal = []
     for head, body in answers:
-        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+        lines = [b"date: D" if line.lower().startswith(b"date:") else line for line in head.split(b"\r\n")]
         body = _STAMP.sub(rb"\1\2\3T", body).replace(transfer_id.encode(), b"ID")
         lines = [re.sub(rb"(?i)^content-length: \d+", b"content-length: N", line) for line in lines]
         normal.append((lines, body))

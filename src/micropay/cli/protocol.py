@@ -70,6 +70,9 @@ class CoalescingTransport:
             self._held = []
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._held))
 
@@ -97,6 +100,19 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._writer = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, self._writer))
+
+
+_default_lines: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
+"""uvicorn's default headers (a new list each second: the Date changes), and their lines."""
+
+
+def _default_header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    global _default_lines
+    known, lines = _default_lines
+    if headers is not known:
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        _default_lines = (headers, lines)
+    return lines
 
 
 class _NoEvent:
@@ -138,8 +154,11 @@ class LaneCycle:
         transport = protocol.transport
         if self.disconnected or transport.is_closing():
             return
-        content: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
-        for name, value in (*protocol.server_state.default_headers, *response.raw_headers):
+        content: list[bytes | memoryview] = [
+            STATUS_LINE[response.status_code],
+            _default_header_lines(protocol.server_state.default_headers),
+        ]
+        for name, value in response.raw_headers:
             content += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
             content.append(b"connection: close\r\n")
