@@ -54,11 +54,11 @@ from micropay.store.base import LogStore, Store
 T = TypeVar("T")
 
 QUEUE_DEPTH_MAX = 64 * BATCH_SIZE_MAX
+"""Most events waiting for the engine; past it submissions fail with QueueFullError."""
 
 SHARED_BATCH_SUBMISSIONS_MAX = 4
 """On a shared database one transaction may carry this many full submissions: its fixed costs
 (locking and updating each touched account once) then spread over more transfers."""
-"""Most events waiting for the engine; past it submissions fail with QueueFullError."""
 
 HISTORY_PAGE_MAX = 1000
 """Most transfers one account-history read returns."""
