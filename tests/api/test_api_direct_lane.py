@@ -1,5 +1,5 @@
-"""The direct lane: ``POST /v1/transfers`` taken by the HTTP protocol answers exactly what the
-ASGI app answers, and anything it does not take goes through the app.
+"""The direct lanes: ``POST /v1/transfers`` and ``POST /v1/charges`` taken by the HTTP protocol
+answer exactly what the ASGI app answers, and anything they do not take goes through the app.
 
 Two real uvicorn servers run the same app over one engine, one with the lane and one without;
 every request is sent to both (with its own ids) and the answers must match byte for byte, but
@@ -22,25 +22,46 @@ import uvicorn
 
 from micropay.api import Settings, create_app
 from micropay.api.app import MicropayApi
-from micropay.api.direct import DirectTransfers
+from micropay.api.direct import CHARGES_PATH, TRANSFERS_PATH, DirectLanes, Lane
 from micropay.api.keys import issue_key
 from micropay.cli.protocol import http_protocol
 from micropay.engine import Engine
 from micropay.ledger import AccountFlags, AccountRequest
+from micropay.models import chart, payments
+from micropay.models.payments import MerchantRequest, PayerRequest, TopupRequest
+from micropay.settlement.rails import Rails
 from micropay.store import open_store
 
 START_S_MAX = 10.0
 READ_S_MAX = 10.0
+KEY_TTL_S = 600.0
+"""Keys stay verified for the whole module (a lane takes only keys verified within the TTL)."""
 
 
 @dataclass
 class Served:
     port: int
-    lane: DirectTransfers | None
+    lanes: DirectLanes | None
+
+    def lane(self, path: str = TRANSFERS_PATH) -> Lane[Any]:
+        assert self.lanes is not None
+        return self.lanes.lane(path)
+
+    def counts(self) -> tuple[int, int]:
+        """Requests taken and declined so far, by every lane."""
+        assert self.lanes is not None
+        return sum(lane.taken for lane in self.lanes), sum(lane.declined for lane in self.lanes)
+
+
+@dataclass(frozen=True)
+class Keys:
+    admin: str
+    merchant: str  # merchant "m1"'s
+    payer: str  # payer "p1"'s
 
 
 def _serve(
-    app: MicropayApi, lane: DirectTransfers | None, *, timeout_keep_alive_s: int = 5
+    app: MicropayApi, lane: DirectLanes | None, *, timeout_keep_alive_s: int = 5
 ) -> tuple[Served, uvicorn.Server, threading.Thread]:
     config = uvicorn.Config(
         app,
@@ -70,10 +91,16 @@ def lane_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         yield engine
 
 
+Servers = tuple[Served, Served, Keys]
+
+
 @pytest.fixture(scope="module")
-def servers(lane_engine: Engine) -> Iterator[tuple[Served, Served, str]]:
+def servers(lane_engine: Engine) -> Iterator[Servers]:
     engine = lane_engine
-    _, key = issue_key(engine, "admin")
+    _, admin = issue_key(engine, "admin")
+    _, merchant = issue_key(engine, "merchant", "m1")
+    _, payer = issue_key(engine, "payer", "p1")
+    keys = Keys(admin, merchant, payer)
     engine.create_ledger("USD", 2)
     engine.create_accounts(
         [
@@ -82,21 +109,32 @@ def servers(lane_engine: Engine) -> Iterator[tuple[Served, Served, str]]:
             AccountRequest("capped", "USD", flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)),
         ]
     )
-    with_lane = create_app(engine)
-    assert isinstance(with_lane, MicropayApi)
-    lane = with_lane.direct_lane()
-    assert lane is not None
-    without = create_app(engine, settings=Settings(direct_lane=False))
-    assert isinstance(without, MicropayApi) and without.direct_lane() is None
-    started = [_serve(with_lane, lane), _serve(without, None)]
+    rails = Rails()
+    for payer_id, funds in (("p1", 10**9), ("poor", 3)):
+        engine.call(payments.create_payer(PayerRequest(payer_id, "USD", "prepay"), rails))
+        engine.call(payments.topup(TopupRequest(f"fund-{payer_id}", payer_id, funds, "card"), rails))
+    for merchant_id in ("m1", "m2"):
+        engine.call(payments.create_merchant(MerchantRequest(merchant_id, "USD", fee_percent_bps=250), rails))
+    with_lanes = create_app(engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
+    assert isinstance(with_lanes, MicropayApi)
+    lanes = with_lanes.direct_lanes()
+    assert lanes is not None
+    without = create_app(engine, settings=Settings(direct_lane=False, key_cache_ttl_s=KEY_TTL_S))
+    assert isinstance(without, MicropayApi) and without.direct_lanes() is None
+    started = [_serve(with_lanes, lanes), _serve(without, None)]
     try:
-        for served, _, _ in started:  # the key is verified once (the lane takes only verified keys)
-            _exchange(served.port, _request(key, _transfer(f"warm-up-{served.port}")))
-        yield started[0][0], started[1][0], key
+        yield started[0][0], started[1][0], keys
     finally:
         for _, server, thread in started:
             server.should_exit = True
             thread.join(timeout=30)
+
+
+def _verify_keys(served: Served, keys: Keys) -> None:
+    """Have the server verify each key now: a lane takes only keys verified within the key
+    cache's TTL, and leaves the others to the app (which verifies them)."""
+    reads = [_get(key, "/v1/payers/p1") for key in (keys.admin, keys.merchant, keys.payer)]
+    _exchange(served.port, b"".join(reads), len(reads))
 
 
 def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
@@ -157,13 +195,23 @@ def _chunked(key: str, body: bytes) -> bytes:
     return head.encode() + chunks + b"0\r\n\r\n"
 
 
+def _charge(charge_id: str, **fields: Any) -> bytes:
+    body = {"id": charge_id, "payer_id": "p1", "merchant_id": "m1", "amount": 7}
+    body.update(fields)
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
+def _charging(key: str, body: bytes, **options: Any) -> bytes:
+    return _request(key, body, path=CHARGES_PATH, **options)
+
+
 def _transfer(transfer_id: str, **fields: Any) -> bytes:
     body = {"id": transfer_id, "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "ledger": "USD"}
     body.update(fields)
     return orjson.dumps({k: v for k, v in body.items() if v is not None})
 
 
-_STAMP = re.compile(rb'("timestamp":)\d+|("created_at":)"[^"]*"|("id":)"tr_[0-9a-f]+"')
+_STAMP = re.compile(rb'("timestamp":)\d+|("created_at":)"[^"]*"|("id":)"(?:tr|ch)_[0-9a-f]+"')
 
 
 def _normal(answers: list[tuple[bytes, bytes]], transfer_id: str) -> list[tuple[list[bytes], bytes]]:
@@ -180,88 +228,135 @@ def _normal(answers: list[tuple[bytes, bytes]], transfer_id: str) -> list[tuple[
 # Each case: (name, request maker from key and id, responses expected, whether the lane takes it;
 # None: it may or may not, by how the bytes arrive).
 CASES: list[tuple[str, Any, int, bool | None]] = [
-    ("plain", lambda k, i: _request(k, _transfer(i)), 1, True),
-    ("replay", lambda k, i: _request(k, _transfer(i)) * 2, 2, True),
-    ("conflict", lambda k, i: _request(k, _transfer(i)) + _request(k, _transfer(i, amount=6)), 2, True),
-    ("refused", lambda k, i: _request(k, _transfer(i, debit_account_id="capped")), 1, True),
-    ("unknown account", lambda k, i: _request(k, _transfer(i, credit_account_id="nobody")), 1, True),
-    ("server-made id", lambda k, i: _request(k, _transfer(None)), 1, True),
-    ("connection close", lambda k, i: _request(k, _transfer(i), extra="Connection: close\r\n"), 1, True),
-    ("http/1.0", lambda k, i: _request(k, _transfer(i), version="1.0"), 1, True),
-    ("pipelined", lambda k, i: _request(k, _transfer(i)) + _request(k, _transfer(i + "-2")), 2, True),
+    ("plain", lambda k, i: _request(k.admin, _transfer(i)), 1, True),
+    ("replay", lambda k, i: _request(k.admin, _transfer(i)) * 2, 2, True),
+    ("conflict", lambda k, i: _request(k.admin, _transfer(i)) + _request(k.admin, _transfer(i, amount=6)), 2, True),
+    ("refused", lambda k, i: _request(k.admin, _transfer(i, debit_account_id="capped")), 1, True),
+    ("unknown account", lambda k, i: _request(k.admin, _transfer(i, credit_account_id="nobody")), 1, True),
+    ("server-made id", lambda k, i: _request(k.admin, _transfer(None)), 1, True),
+    ("connection close", lambda k, i: _request(k.admin, _transfer(i), extra="Connection: close\r\n"), 1, True),
+    ("http/1.0", lambda k, i: _request(k.admin, _transfer(i), version="1.0"), 1, True),
+    ("pipelined", lambda k, i: _request(k.admin, _transfer(i)) + _request(k.admin, _transfer(i + "-2")), 2, True),
     ("no key", lambda k, i: _request(None, _transfer(i)), 1, False),
-    ("wrong key", lambda k, i: _request(k + "x", _transfer(i)), 1, False),
-    ("text body", lambda k, i: _request(k, _transfer(i), extra="Content-Type: text/plain\r\n"), 1, False),
-    ("query", lambda k, i: _request(k, _transfer(i), path="/v1/transfers?x=1"), 1, False),
-    ("not json", lambda k, i: _request(k, b"{nope"), 1, False),
-    ("float amount", lambda k, i: _request(k, _transfer(i, amount=5.0)), 1, False),
-    ("extra field", lambda k, i: _request(k, _transfer(i, colour="red")), 1, False),
-    ("linked", lambda k, i: _request(k, _transfer(i, flags=["linked"])), 1, False),
-    ("two keys", lambda k, i: _request(k, _transfer(i), extra=f"Authorization: Bearer {k}\r\n"), 1, False),
-    ("chunked", lambda k, i: _chunked(k, _transfer(i)), 1, False),
-    ("transfer then read it", lambda k, i: _request(k, _transfer(i)) + _get(k, f"/v1/transfers/{i}"), 2, True),
-    ("read then transfer", lambda k, i: _get(k, f"/v1/transfers/{i}") + _request(k, _transfer(i)), 2, None),
+    ("wrong key", lambda k, i: _request(k.admin + "x", _transfer(i)), 1, False),
+    ("text body", lambda k, i: _request(k.admin, _transfer(i), extra="Content-Type: text/plain\r\n"), 1, False),
+    ("query", lambda k, i: _request(k.admin, _transfer(i), path="/v1/transfers?x=1"), 1, False),
+    ("not json", lambda k, i: _request(k.admin, b"{nope"), 1, False),
+    ("float amount", lambda k, i: _request(k.admin, _transfer(i, amount=5.0)), 1, False),
+    ("extra field", lambda k, i: _request(k.admin, _transfer(i, colour="red")), 1, False),
+    ("linked", lambda k, i: _request(k.admin, _transfer(i, flags=["linked"])), 1, False),
+    ("two keys", lambda k, i: _request(k.admin, _transfer(i), extra=f"Authorization: Bearer {k.admin}\r\n"), 1, False),
+    ("chunked", lambda k, i: _chunked(k.admin, _transfer(i)), 1, False),
+    (
+        "transfer then read it",
+        lambda k, i: _request(k.admin, _transfer(i)) + _get(k.admin, f"/v1/transfers/{i}"),
+        2,
+        True,
+    ),
+    ("read then transfer", lambda k, i: _get(k.admin, f"/v1/transfers/{i}") + _request(k.admin, _transfer(i)), 2, None),
+    ("charge", lambda k, i: _charging(k.admin, _charge(i)), 1, True),
+    ("charge replay", lambda k, i: _charging(k.admin, _charge(i)) * 2, 2, True),
+    (
+        "charge conflict",
+        lambda k, i: _charging(k.admin, _charge(i)) + _charging(k.admin, _charge(i, amount=8)),
+        2,
+        True,
+    ),
+    ("charge with metadata", lambda k, i: _charging(k.admin, _charge(i, metadata={"order": "42"})), 1, True),
+    ("charge with a description", lambda k, i: _charging(k.admin, _charge(i, description="a song")), 1, True),
+    ("charge server-made id", lambda k, i: _charging(k.admin, _charge(None)), 1, True),
+    ("charge declined", lambda k, i: _charging(k.admin, _charge(i, payer_id="poor", amount=100)), 1, True),
+    ("charge unknown payer", lambda k, i: _charging(k.admin, _charge(i, payer_id="nobody")), 1, True),
+    ("charge by its merchant", lambda k, i: _charging(k.merchant, _charge(i)), 1, True),
+    ("charge by its payer", lambda k, i: _charging(k.payer, _charge(i)), 1, True),
+    ("charge for another merchant", lambda k, i: _charging(k.merchant, _charge(i, merchant_id="m2")), 1, False),
+    ("charge of another payer", lambda k, i: _charging(k.payer, _charge(i, payer_id="poor")), 1, False),
+    ("charge float amount", lambda k, i: _charging(k.admin, _charge(i, amount=7.0)), 1, False),
+    ("charge extra field", lambda k, i: _charging(k.admin, _charge(i, colour="red")), 1, False),
+    ("charge no key", lambda k, i: _charging(None, _charge(i)), 1, False),
+    ("charge then read it", lambda k, i: _charging(k.admin, _charge(i)) + _get(k.admin, f"/v1/charges/{i}"), 2, True),
 ]
 
 
 @pytest.mark.parametrize(("name", "make", "responses", "taken"), CASES, ids=[case[0] for case in CASES])
-def test_the_lane_answers_what_the_app_answers(
-    servers: tuple[Served, Served, str], name: str, make: Any, responses: int, taken: bool
+def test_the_lanes_answer_what_the_app_answers(
+    servers: Servers, name: str, make: Any, responses: int, taken: bool | None
 ) -> None:
-    lane_server, app_server, key = servers
-    assert lane_server.lane is not None
-    taken_before, declined_before = lane_server.lane.taken, lane_server.lane.declined
-    via_lane, lane_closed = _exchange(lane_server.port, make(key, "lane-1"), responses)
-    via_app, app_closed = _exchange(app_server.port, make(key, "app-1"), responses)
-    assert _normal(via_lane, "lane-1") == _normal(via_app, "app-1")
+    lane_server, app_server, keys = servers
+    case = [case[0] for case in CASES].index(name)
+    lane_id, app_id = f"lane-{case}", f"app-{case}"
+    _verify_keys(lane_server, keys)
+    taken_before, declined_before = lane_server.counts()
+    via_lane, lane_closed = _exchange(lane_server.port, make(keys, lane_id), responses)
+    via_app, app_closed = _exchange(app_server.port, make(keys, app_id), responses)
+    assert _normal(via_lane, lane_id) == _normal(via_app, app_id)
     assert lane_closed == app_closed
-    taken_now = lane_server.lane.taken - taken_before
-    declined_now = lane_server.lane.declined - declined_before
+    taken_now, declined_now = lane_server.counts()
+    taken_now -= taken_before
+    declined_now -= declined_before
     if taken:
         assert taken_now >= 1 and declined_now == 0
     elif taken is not None:
         assert taken_now == 0
 
 
-def test_the_lane_moves_money_once_per_id(servers: tuple[Served, Served, str], lane_engine: Engine) -> None:
+def test_the_lane_moves_money_once_per_id(servers: Servers, lane_engine: Engine) -> None:
     engine = lane_engine
-    lane_server, _, key = servers
+    lane_server, _, keys = servers
     before = engine.account("b")
     assert before is not None
-    answers, _ = _exchange(lane_server.port, _request(key, _transfer("once")) * 3, 3)
+    _verify_keys(lane_server, keys)
+    answers, _ = _exchange(lane_server.port, _request(keys.admin, _transfer("once")) * 3, 3)
     assert [head.split(b" ")[1] for head, _ in answers] == [b"201", b"200", b"200"]
     after = engine.account("b")
     assert after is not None and after.credits_posted - before.credits_posted == 5
 
 
-def test_a_connection_close_request_is_answered_then_closed(servers: tuple[Served, Served, str]) -> None:
-    lane_server, _, key = servers
-    answers, closed = _exchange(lane_server.port, _request(key, _transfer("bye"), extra="Connection: close\r\n"))
+def test_the_charge_lane_charges_once_per_id(servers: Servers, lane_engine: Engine) -> None:
+    engine = lane_engine
+    lane_server, _, keys = servers
+    before = engine.account(chart.wallet_account("p1", "USD"))
+    assert before is not None
+    _verify_keys(lane_server, keys)
+    taken_before = lane_server.lane(CHARGES_PATH).taken
+    answers, _ = _exchange(lane_server.port, _charging(keys.merchant, _charge("charged-once")) * 3, 3)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"201", b"200", b"200"]
+    assert [orjson.loads(body)["amount"] for _, body in answers] == [7, 7, 7]
+    after = engine.account(chart.wallet_account("p1", "USD"))
+    assert after is not None and after.balance - before.balance == -7
+    assert lane_server.lane(CHARGES_PATH).taken - taken_before >= 1
+
+
+def test_a_connection_close_request_is_answered_then_closed(servers: Servers) -> None:
+    lane_server, _, keys = servers
+    answers, closed = _exchange(lane_server.port, _request(keys.admin, _transfer("bye"), extra="Connection: close\r\n"))
     assert b"connection: close" in answers[0][0].lower()
     assert closed
 
 
-def test_a_fault_in_the_lane_leaves_the_request_to_the_app(
-    servers: tuple[Served, Served, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("path", [TRANSFERS_PATH, CHARGES_PATH])
+def test_a_fault_in_a_lane_leaves_the_request_to_the_app(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    lane_server, _, key = servers
-    assert lane_server.lane is not None
+    lane_server, _, keys = servers
 
-    def broken(scope: Any, body: bytes) -> None:
+    def broken(headers: Any, body: bytes) -> None:
         raise RuntimeError("a bug in the lane")
 
-    monkeypatch.setattr(lane_server.lane, "_request", broken)
-    answers, _ = _exchange(lane_server.port, _request(key, _transfer("fault")))
+    monkeypatch.setattr(lane_server.lane(path), "_request", broken)
+    if path == TRANSFERS_PATH:
+        raw = _request(keys.admin, _transfer("fault"))
+    else:
+        raw = _charging(keys.admin, _charge("fault"))
+    answers, _ = _exchange(lane_server.port, raw)
     assert answers[0][0].split(b" ")[1] == b"201"
 
 
-def test_a_body_arriving_in_pieces_is_taken_once_whole(
-    servers: tuple[Served, Served, str], lane_engine: Engine
-) -> None:
-    lane_server, _, key = servers
-    assert lane_server.lane is not None
-    taken_before = lane_server.lane.taken
-    raw = _request(key, _transfer("pieces"))
+def test_a_body_arriving_in_pieces_is_taken_once_whole(servers: Servers, lane_engine: Engine) -> None:
+    lane_server, _, keys = servers
+    _verify_keys(lane_server, keys)
+    taken_before = lane_server.lane().taken
+    raw = _request(keys.admin, _transfer("pieces"))
     with socket.create_connection(("127.0.0.1", lane_server.port), timeout=READ_S_MAX) as sock:
         for start in range(0, len(raw), 40):
             sock.sendall(raw[start : start + 40])
@@ -269,23 +364,23 @@ def test_a_body_arriving_in_pieces_is_taken_once_whole(
         head, body = _read_response(sock, bytearray())
     assert head.split(b" ")[1] == b"201"
     assert orjson.loads(body)["id"] == "pieces"
-    assert lane_server.lane.taken == taken_before + 1
+    assert lane_server.lane().taken == taken_before + 1
     assert lane_engine.transfer("pieces") is not None
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
-    servers: tuple[Served, Served, str], lane_engine: Engine
+    servers: Servers, lane_engine: Engine
 ) -> None:
-    _, _, key = servers
-    app = create_app(lane_engine)
+    _, _, keys = servers
+    app = create_app(lane_engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
     assert isinstance(app, MicropayApi)
-    lane = app.direct_lane()
-    served, server, thread = _serve(app, lane, timeout_keep_alive_s=1)
+    served, server, thread = _serve(app, app.direct_lanes(), timeout_keep_alive_s=1)
     try:
         with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
             buffer = bytearray()
+            _verify_keys(served, keys)
             for index in range(4):  # 4 requests 0.5 s apart: busier than the 1 s timeout
-                sock.sendall(_request(key, _transfer(f"keep-alive-{index}")))
+                sock.sendall(_request(keys.admin, _transfer(f"keep-alive-{index}")))
                 head, _ = _read_response(sock, buffer)
                 assert head.split(b" ")[1] == b"201"
                 time.sleep(0.5)
@@ -293,6 +388,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
             started = time.monotonic()
             assert sock.recv(1) == b"", "the idle connection was not closed"
             assert time.monotonic() - started < 2.5
+        assert served.lane().taken >= 4
     finally:
         server.should_exit = True
         thread.join(timeout=30)

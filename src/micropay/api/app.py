@@ -13,7 +13,7 @@ from micropay.api.authenticator import Authenticator
 from micropay.api.background import install_settler
 from micropay.api.body_limit import BodyLimitMiddleware
 from micropay.api.coalesce import TransferCoalescer
-from micropay.api.direct import DirectTransfers, direct_transfers
+from micropay.api.direct import DirectLanes, direct_lanes
 from micropay.api.errors import install_error_handlers
 from micropay.api.lean import LeanDispatch, lean_endpoints, lean_path
 from micropay.api.ratelimit import RateLimiter
@@ -22,6 +22,7 @@ from micropay.api.serialise import JsonResponse
 from micropay.api.services import Services
 from micropay.api.settings import Settings
 from micropay.engine import Engine
+from micropay.models.charge_batcher import ChargeBatcher
 
 _DESCRIPTION = """Micropayments on one double-entry ledger.
 
@@ -72,14 +73,14 @@ class MicropayApi(FastAPI):
         classes: list[object] = [m.cls for m in self.user_middleware]
         return classes.count(LeanDispatch) == 1 and all(cls in _FRONT_DOOR_MIDDLEWARE for cls in classes)
 
-    def direct_lane(self) -> DirectTransfers | None:
-        """The direct lane for plain single transfers (``micropay.api.direct``), for the HTTP
-        protocol to use; None where the front door would not open (other middleware would see
-        every request) or the settings turn it off."""
+    def direct_lanes(self) -> DirectLanes | None:
+        """The direct lanes for single transfers and charges (``micropay.api.direct``), for the
+        HTTP protocol to use; None where the front door would not open (other middleware would
+        see every request) or the settings turn them off."""
         services: Services = self.state.services
         if not services.settings.direct_lane or not self._front_door_opens():
             return None
-        return direct_transfers(services, self.exception_handlers)
+        return direct_lanes(services, self.exception_handlers)
 
     def _build_front_door(self) -> dict[str, ASGIApp] | None:
         if not self._front_door_opens():
@@ -139,6 +140,7 @@ def create_app(engine: Engine, *, settings: Settings | None = None) -> FastAPI:
         rate_limiter=RateLimiter(),
         routes=api_routes(),
         transfers=TransferCoalescer(engine),
+        charges=ChargeBatcher(engine),
     )
     install_error_handlers(app)
     install_settler(app, settings.settle_interval_s)

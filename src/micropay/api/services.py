@@ -13,6 +13,7 @@ from micropay.api.coalesce import TransferCoalescer
 from micropay.api.ratelimit import RateLimiter
 from micropay.api.settings import Settings
 from micropay.engine import Engine
+from micropay.models.charge_batcher import ChargeBatcher
 from micropay.settlement.rails import Rails
 
 
@@ -26,6 +27,8 @@ class Services:
     """The API's routes (FastAPI nests included routers; this is them flat)."""
     transfers: TransferCoalescer | None = None
     """Single transfers go to the engine through it (``POST /v1/transfers``)."""
+    charges: ChargeBatcher | None = None
+    """Charges go to the engine through it (``POST /v1/charges`` and its batch)."""
     rails: Rails = field(default_factory=Rails)
     """The outside networks money enters and leaves through (simulated card and bank by default)."""
 

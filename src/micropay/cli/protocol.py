@@ -1,9 +1,9 @@
 """The HTTP/1.1 protocol ``micropay serve`` runs: uvicorn's httptools protocol, with one write
-per response and the direct lane for plain single transfers in front of it.
+per response and the direct lanes for single transfers and charges in front of it.
 
 uvicorn's protocol builds, for every request, an ASGI scope, a request cycle with its event, a
 keep-alive timer and a task running the app. ``LaneProtocol`` reads each request's head itself
-first. A request the lane wants (``micropay.api.direct``) stays with it: once its body is in,
+first. A request a lane wants (``micropay.api.direct``) stays with it: once its body is in,
 the lane takes it, and its answer is written here, with no scope, cycle, task or timer; or the
 lane declines it, and the request goes to uvicorn as it arrived. Every other request is handed
 to uvicorn as soon as its head is in, and from then on uvicorn's own code serves it: bodies
@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from micropay.api.direct import PATH, DirectTransfers, Headers
+from micropay.api.direct import DirectLanes, Headers, Lane
 
 
 class CoalescingTransport:
@@ -128,14 +128,24 @@ class LaneCycle:
     """A request the lane took, from the moment it took it until its answer is written: the
     lane's ``Reply``, and what uvicorn finds where it keeps the request in progress."""
 
-    __slots__ = ("_headers", "_http_version", "_protocol", "_url", "disconnected", "keep_alive", "response_complete")
+    __slots__ = (
+        "_headers",
+        "_http_version",
+        "_path",
+        "_protocol",
+        "_url",
+        "disconnected",
+        "keep_alive",
+        "response_complete",
+    )
 
     message_event = _NoEvent()
 
     def __init__(
-        self, protocol: LaneProtocol, url: bytes, headers: Headers, http_version: str, keep_alive: bool
+        self, protocol: LaneProtocol, path: str, url: bytes, headers: Headers, http_version: str, keep_alive: bool
     ) -> None:
         self._protocol = protocol
+        self._path = path
         self._url = url
         self._headers = headers
         self._http_version = http_version
@@ -182,23 +192,23 @@ class LaneCycle:
             "headers": self._headers,
             "state": protocol.app_state.copy(),
             "method": "POST",
-            "path": PATH,
+            "path": self._path,
             "raw_path": self._url,
             "query_string": b"",
         }
 
 
 class LaneProtocol(OneWriteHttpToolsProtocol):
-    """The protocol with the direct lane in front of uvicorn's (see the module)."""
+    """The protocol with the direct lanes in front of uvicorn's (see the module)."""
 
-    lane: DirectTransfers
+    lanes: DirectLanes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._url = b""
         self._head: Headers = []
         self._body = b""
-        self._lane_message = False  # the message being parsed stays with the lane
+        self._lane: Lane[Any] | None = None  # the lane the message being parsed stays with
         self._keep_alive = True
         self._http_version = "1.1"
         self._idle_since: float | None = None  # None: a request is being read or served
@@ -208,7 +218,7 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
         self._url = b""
         self._head = []
         self._body = b""
-        self._lane_message = False
+        self._lane = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -218,8 +228,9 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        if self._lane_may_take() and self.lane.wants(parser.get_method(), self._url, self._head):
-            self._lane_message = True
+        lane = self.lanes.wants(parser.get_method(), self._url, self._head) if self._lane_may_take() else None
+        if lane is not None:
+            self._lane = lane
             version = parser.get_http_version()
             self._http_version = version
             self._keep_alive = version != "1.0" and parser.should_keep_alive()
@@ -227,21 +238,22 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
         self._hand_head_to_uvicorn()
 
     def on_body(self, body: bytes) -> None:
-        if self._lane_message:
+        if self._lane is not None:
             self._body += body
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._lane_message:
+        lane = self._lane
+        if lane is None:
             super().on_message_complete()
             return
-        self._lane_message = False
+        self._lane = None
         url, head, body = self._url, self._head, self._body
         self._body = b""
-        cycle = LaneCycle(self, url, head, self._http_version, self._keep_alive)
+        cycle = LaneCycle(self, lane.path, url, head, self._http_version, self._keep_alive)
         try:
-            taken = self.lane.take(head, body, cycle)
+            taken = lane.take(head, body, cycle)
         except Exception:  # a fault of the lane's own: the app answers the request instead
             self.logger.exception("direct lane failed; the request goes through the app")
             taken = False
@@ -306,8 +318,8 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
             self.timeout_keep_alive_task = None
 
 
-def http_protocol(lane: DirectTransfers | None) -> type[HttpToolsProtocol]:
-    """The protocol class to serve with: with the direct lane when there is one."""
-    if lane is None:
+def http_protocol(lanes: DirectLanes | None) -> type[HttpToolsProtocol]:
+    """The protocol class to serve with: with the direct lanes when there are any."""
+    if lanes is None:
         return OneWriteHttpToolsProtocol
-    return type("LaneProtocol", (LaneProtocol,), {"lane": lane})
+    return type("LaneProtocol", (LaneProtocol,), {"lanes": lanes})

@@ -87,13 +87,13 @@ def run_server(
     """Serve until interrupted (Ctrl-C or SIGTERM). The caller closes the engine afterwards."""
     note = ensure_admin_key_file(engine, admin_key_file) if admin_key_file is not None else None
     app = create_app(engine, settings=settings)
-    lane = app.direct_lane() if isinstance(app, MicropayApi) and not access_log else None
+    lanes = app.direct_lanes() if isinstance(app, MicropayApi) and not access_log else None
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http=http_protocol(lane),
+        http=http_protocol(lanes),
         access_log=access_log,
         log_level="info",
         lifespan="on",

@@ -9,18 +9,21 @@ an idle engine still takes a lone charge at once. What each caller gets is uncha
 operation fails as a whole (not a refusal of one charge), each of its charges is submitted
 again alone, so each gets its own answer.
 
-Callers are threads (``submit``, a ``concurrent.futures.Future``) or asyncio tasks (``charge``):
-the answers of one operation reach each event loop in one hand-over, not one per charge.
+Callers are threads (``submit``, a ``concurrent.futures.Future``), asyncio tasks (``charge``) or
+event-loop callbacks (``submit_in_loop``): the answers of one operation reach each event loop in
+one hand-over, not one per charge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Union
 
 from micropay.engine import BatchContext, Engine
 from micropay.errors import ApiError, EngineClosedError, QueueFullError, StoreError
@@ -35,7 +38,13 @@ from micropay.models.payments import (
 )
 from micropay.models.records import Charge
 
-Sink = Future[Outcome[Charge]] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Outcome[Charge]]"]
+_logger = logging.getLogger(__name__)
+
+Answer = Outcome[Charge] | BaseException
+"""What a caller gets: the charge and whether it was a replay, or the refusal (or failure)."""
+Deliver = Callable[[Answer], None]
+InLoop = Union["asyncio.Future[Outcome[Charge]]", Deliver]
+Sink = Future[Outcome[Charge]] | tuple[asyncio.AbstractEventLoop, InLoop]
 
 
 @dataclass(slots=True)
@@ -89,6 +98,11 @@ class ChargeBatcher:
         future: asyncio.Future[Outcome[Charge]] = loop.create_future()
         self._enqueue(_Item(request, metadata, (loop, future)))
         return await future
+
+    def submit_in_loop(self, request: ChargeRequest, metadata: bytes | None, deliver: Deliver) -> None:
+        """From an event loop: queue one charge; ``deliver`` gets its answer in that loop, once
+        the charge is durable (or refused)."""
+        self._enqueue(_Item(request, metadata, (asyncio.get_running_loop(), deliver)))
 
     def _enqueue(self, item: _Item) -> None:
         with self._lock:
@@ -174,8 +188,7 @@ class _Run:
 
 def _deliver(answers: list[tuple[_Item, ChargeResult | BaseException]]) -> None:
     """Resolve each caller's future: threads' directly, each event loop's in one hand-over."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome[Charge]], ChargeResult | BaseException]]]
-    by_loop = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[InLoop, ChargeResult | BaseException]]] = {}
     for item, answer in answers:
         sink = item.sink
         if isinstance(sink, Future):
@@ -184,18 +197,24 @@ def _deliver(answers: list[tuple[_Item, ChargeResult | BaseException]]) -> None:
             else:
                 sink.set_result(answer)
         else:
-            loop, future = sink
-            by_loop.setdefault(loop, []).append((future, answer))
+            loop, target = sink
+            by_loop.setdefault(loop, []).append((target, answer))
     for loop, settled in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             loop.call_soon_threadsafe(_settle, settled)
 
 
-def _settle(settled: list[tuple[asyncio.Future[Outcome[Charge]], ChargeResult | BaseException]]) -> None:
-    for future, answer in settled:
-        if future.done():
+def _settle(settled: list[tuple[InLoop, ChargeResult | BaseException]]) -> None:
+    for target, answer in settled:
+        if not isinstance(target, asyncio.Future):
+            try:
+                target(answer)
+            except Exception:  # one caller's fault must not keep the others waiting
+                _logger.exception("delivering a charge's answer failed")
+            continue
+        if target.done():  # the caller was cancelled (its client left)
             continue
         if isinstance(answer, BaseException):
-            future.set_exception(answer)
+            target.set_exception(answer)
         else:
-            future.set_result(answer)
+            target.set_result(answer)

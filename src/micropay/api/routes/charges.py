@@ -52,7 +52,7 @@ from micropay.api.schemas import ID_PATTERN, LEDGER_ID_PATTERN
 from micropay.api.serialise import JsonResponse, created, page
 from micropay.api.services import get_services
 from micropay.engine import BatchContext
-from micropay.errors import ApiError, InvalidRequest, NotFound
+from micropay.errors import ApiError, InvalidRequest, InvariantViolation, NotFound
 from micropay.ledger.limits import ID_LENGTH_MAX, LEDGER_ID_LENGTH_MAX
 from micropay.models import chart
 from micropay.models.charge_batcher import ChargeBatcher
@@ -67,7 +67,7 @@ from micropay.models.payments import (
     owner_charge_ids,
     refund,
 )
-from micropay.models.records import Refund, decode_refund
+from micropay.models.records import Charge, Refund, decode_refund
 
 router = APIRouter(tags=["charges"], route_class=OrjsonRoute)
 
@@ -103,11 +103,19 @@ async def create_charge(body: ChargeIn, request: Request, caller: ChargeParty) -
         guard(caller, merchant_not_found(body.merchant_id), merchant_id=body.merchant_id)
     elif caller.role == "payer":
         guard(caller, payer_not_found(body.payer_id), payer_id=body.payer_id)
-    charge_request = ChargeRequest(
-        body.id or new_id("ch"), body.payer_id, body.merchant_id, body.amount, body.description
-    )
-    record, replayed = await charge_batcher(request).charge(charge_request, metadata_body(body.metadata))
-    return created(render_charge(record, body.metadata), replayed=replayed)
+    outcome = await charge_batcher(request).charge(to_charge_request(body), metadata_body(body.metadata))
+    return charge_response(outcome, body.metadata)
+
+
+def to_charge_request(body: ChargeIn) -> ChargeRequest:
+    """The charge a create request asks for (with a server-made id if it names none)."""
+    return ChargeRequest(body.id or new_id("ch"), body.payer_id, body.merchant_id, body.amount, body.description)
+
+
+def charge_response(outcome: Outcome[Charge], metadata: dict[str, str]) -> Response:
+    """The answer to a charge made (201) or replayed (200, ``Idempotent-Replayed``)."""
+    record, replayed = outcome
+    return created(render_charge(record, metadata), replayed=replayed)
 
 
 @lean_post(router, "/v1/charges/batch", response_model=ChargeBatchOut, responses=write_responses())
@@ -151,11 +159,10 @@ async def create_charge_batch(body: ChargeBatchIn, request: Request, caller: Cha
 
 
 def charge_batcher(request: Request) -> ChargeBatcher:
-    """The app's charge batcher (made on first use): concurrent charges share engine operations."""
-    state = request.app.state
-    batcher: ChargeBatcher | None = getattr(state, "charge_batcher", None)
+    """The app's charge batcher: concurrent charges share engine operations."""
+    batcher = get_services(request).charges
     if batcher is None:
-        batcher = state.charge_batcher = ChargeBatcher(get_services(request).engine)
+        raise InvariantViolation("the app has no charge batcher")
     return batcher
 
 
