@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 START_TIMEOUT_S = 60
 """How long the cluster may take to accept connections."""
 
@@ -65,11 +67,14 @@ class Cluster:
         subprocess.run(command, check=True, capture_output=True, cwd=self._root)
 
     def database(self) -> str:
-        """Create an empty database and return its URL."""
+        """Make an empty database and return its URL: a schema of its own in the cluster's one
+        database, named by the URL's search path. (A ``CREATE DATABASE`` per test took 230 ms and
+        wrote a copy of the template to the write-ahead log; a schema takes a few ms.)"""
         self._databases += 1
         name = f"micropay_{self._databases}"
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "micropay", name)
-        return f"postgresql://micropay@127.0.0.1:{self.port}/{name}"
+        with psycopg.connect(f"postgresql://micropay@127.0.0.1:{self.port}/postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {name}".encode())
+        return f"postgresql://micropay@127.0.0.1:{self.port}/postgres?options=-csearch_path%3D{name}"
 
     def stop(self) -> None:
         try:
