@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from ledger_testkit import USD, codes, open_engine, setup_accounts, totals, transfer, wallet
+from pg_cluster import Cluster
 
 from micropay.engine import BatchContext
 from micropay.errors import StoreSchemaError
@@ -36,6 +37,19 @@ def test_a_newer_schema_version_is_refused(postgres_url: str) -> None:
         db.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreSchemaError):
         PostgresStore(postgres_url)
+
+
+def test_each_test_database_is_a_world_of_its_own(postgres_cluster: Cluster) -> None:
+    first, second = postgres_cluster.database(), postgres_cluster.database()
+    with open_engine(first) as engine:
+        engine.create_ledger(USD, 2)
+    with open_engine(second) as engine:
+        assert engine.ledgers() == []
+    with psycopg.connect(first) as db:
+        assert db.execute("SELECT count(*) FROM ledgers").fetchone() == (1,)
+        schema = db.execute("SELECT current_schema()").fetchone()
+    with psycopg.connect(second) as db:
+        assert db.execute("SELECT current_schema()").fetchone() != schema
 
 
 def test_both_dialects_render_every_shared_table_from_one_declaration() -> None:
