@@ -24,6 +24,7 @@ what its route answers, byte for byte.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -75,7 +76,7 @@ class Reply(Protocol):
         """The request's ASGI scope, as the app would have seen it (made only for a refusal)."""
 
 
-class Lane(Generic[R]):
+class Lane(ABC, Generic[R]):
     """One lean ``POST`` route the protocol may answer itself: the checks every lane makes, in
     the route's order. A lane says what it makes of a body (``_prepare``) and where it goes
     (``_submit``)."""
@@ -155,12 +156,13 @@ class Lane(Generic[R]):
             return None
         return prepared
 
+    @abstractmethod
     def _prepare(self, received: object, principal: Principal) -> R | None:
         """What the route would submit for this body and caller, or None where it would refuse."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _submit(self, prepared: R, reply: Reply) -> None:
-        raise NotImplementedError
+        """Hand the request to the engine's side; ``reply`` gets its answer in the loop."""
 
     def _fail(self, error: BaseException, reply: Reply) -> None:
         """Answer a refusal as the app's exception handlers render it."""
