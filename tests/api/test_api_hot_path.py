@@ -4,6 +4,7 @@ transfers coalesced into one engine submission, and one write per response."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -236,6 +237,33 @@ def test_a_refused_submission_is_retried_one_by_one(engine: Engine, usd: Account
     engine.submit_transfers = refuse_groups  # type: ignore[method-assign]
     outcomes = asyncio.run(_together(TransferCoalescer(engine), [_request(f"r{i}") for i in range(3)]))
     assert [result.value for result, _ in outcomes] == ["ok"] * 3
+
+
+def test_a_failing_delivery_does_not_keep_the_rest_of_its_turn_waiting(engine: Engine, usd: Account) -> None:
+    usd("a")
+    usd("b")
+    coalescer = TransferCoalescer(engine)
+
+    async def submit_all() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        answers: list[Any] = [None] * 3
+        all_in = loop.create_future()
+
+        def deliver(index: int, outcome: Any, error: BaseException | None) -> None:
+            if index == 0:
+                raise RuntimeError("a caller's own fault")
+            answers[index] = outcome
+            if answers[1] is not None and answers[2] is not None and not all_in.done():
+                all_in.set_result(None)
+
+        for index in range(3):  # one turn of the loop: one submission
+            coalescer.submit(_request(f"d{index}"), functools.partial(deliver, index))
+        await asyncio.wait_for(all_in, timeout=30)
+        return answers
+
+    answers = asyncio.run(submit_all())
+    assert [outcome[0].value for outcome in answers[1:]] == ["ok", "ok"]
+    assert engine.account("b").credits_posted == 3  # type: ignore[union-attr]
 
 
 def test_concurrent_requests_over_http_share_batches(app: Any, admin_key: str, engine: Engine, usd: Account) -> None:

@@ -3,7 +3,10 @@ and each still gets exactly the answer it would get alone."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -120,3 +123,43 @@ def test_a_group_failing_as_a_whole_is_retried_charge_by_charge(
     answers = _wait_all(futures)
     assert all(not isinstance(answer, BaseException) and answer[1] is False for answer in answers)
     assert pay.get("/v1/payers/p1")["wallet"]["balance"] == 950
+
+
+def test_callers_in_an_event_loop_get_each_answer_in_that_loop(pay: Payments, engine: Engine) -> None:
+    pay.merchant("m1")
+    pay.payer("p1")
+    pay.fund("p1", 25)
+    batcher = ChargeBatcher(engine)
+    requests = [ChargeRequest(f"loop-{i}", "p1", "m1", 10) for i in range(3)] + [
+        ChargeRequest("loop-0", "p1", "m1", 10)
+    ]
+
+    async def charge_all() -> tuple[list[Any], set[int]]:
+        loop = asyncio.get_running_loop()
+        answers: list[Any] = [None] * len(requests)
+        threads: set[int] = set()
+        all_in = loop.create_future()
+
+        def deliver(index: int, answer: Any) -> None:
+            if index == 0:
+                raise RuntimeError("a caller's own fault")  # the others still get their answers
+            answers[index] = answer
+            threads.add(threading.get_ident())
+            if all(answer is not None for answer in answers[1:]) and not all_in.done():
+                all_in.set_result(None)
+
+        busy = engine.submit(lambda _ctx: time.sleep(0.2))  # so that all four share one operation
+        for index, request in enumerate(requests):
+            batcher.submit_in_loop(request, None, functools.partial(deliver, index))
+        await asyncio.wrap_future(busy)
+        await asyncio.wait_for(all_in, timeout=30)
+        return answers, threads
+
+    answers, threads = asyncio.run(charge_all())
+    assert threads == {threading.get_ident()}  # delivered in the loop's own thread
+    second, third, replay = answers[1:]
+    assert not isinstance(second, BaseException) and second[1] is False
+    assert isinstance(third, PaymentDeclined) and third.code == "insufficient_funds"  # 25 pays for two
+    assert not isinstance(replay, BaseException) and replay[1] is True and replay[0].id == "loop-0"
+    assert pay.get("/v1/payers/p1")["wallet"]["balance"] == 5
+    assert batcher.operations == 1
