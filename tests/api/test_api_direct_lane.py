@@ -392,3 +392,35 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_request_in_the_lane_when_the_server_stops_is_answered_then_closed(
+    servers: Servers, lane_engine: Engine
+) -> None:
+    _, _, keys = servers
+    app = create_app(lane_engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
+    assert isinstance(app, MicropayApi)
+    served, server, thread = _serve(app, app.direct_lanes())
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
+            _verify_keys(served, keys)
+            taken_before = served.lane().taken
+            busy = lane_engine.submit(lambda _ctx: time.sleep(0.5))  # the engine is busy: the transfer waits
+            sock.sendall(_request(keys.admin, _transfer("at-shutdown")))
+            deadline = time.monotonic() + READ_S_MAX
+            while served.lane().taken == taken_before:
+                assert time.monotonic() < deadline, "the lane did not take the request"
+                time.sleep(0.01)
+            server.should_exit = True  # a graceful stop while the request waits for the engine
+            head, body = _read_response(sock, bytearray())
+            assert head.split(b" ")[1] == b"201"
+            assert b"connection: close" in head.lower()
+            assert orjson.loads(body)["id"] == "at-shutdown"
+            sock.settimeout(READ_S_MAX)
+            assert sock.recv(1) == b""
+        busy.result(timeout=READ_S_MAX)
+        assert lane_engine.transfer("at-shutdown") is not None
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive()
