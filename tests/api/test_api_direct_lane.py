@@ -8,6 +8,7 @@ for the Date header and the timestamps.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -83,6 +84,21 @@ def _serve(
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     return Served(port, lane), server, thread
+
+
+@contextlib.contextmanager
+def _own_server(engine: Engine, *, timeout_keep_alive_s: int = 5) -> Iterator[tuple[Served, uvicorn.Server]]:
+    """A server with the lanes of its own (for a test that stops it or times its connections);
+    stopped, and its thread gone, on the way out."""
+    app = create_app(engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
+    assert isinstance(app, MicropayApi)
+    served, server, thread = _serve(app, app.direct_lanes(), timeout_keep_alive_s=timeout_keep_alive_s)
+    try:
+        yield served, server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture(scope="module")
@@ -372,10 +388,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
     servers: Servers, lane_engine: Engine
 ) -> None:
     _, _, keys = servers
-    app = create_app(lane_engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
-    assert isinstance(app, MicropayApi)
-    served, server, thread = _serve(app, app.direct_lanes(), timeout_keep_alive_s=1)
-    try:
+    with _own_server(lane_engine, timeout_keep_alive_s=1) as (served, _):
         with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
             buffer = bytearray()
             _verify_keys(served, keys)
@@ -389,19 +402,13 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
             assert sock.recv(1) == b"", "the idle connection was not closed"
             assert time.monotonic() - started < 2.5
         assert served.lane().taken >= 4
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_request_in_the_lane_when_the_server_stops_is_answered_then_closed(
     servers: Servers, lane_engine: Engine
 ) -> None:
     _, _, keys = servers
-    app = create_app(lane_engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
-    assert isinstance(app, MicropayApi)
-    served, server, thread = _serve(app, app.direct_lanes())
-    try:
+    with _own_server(lane_engine) as (served, server):
         with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
             _verify_keys(served, keys)
             taken_before = served.lane().taken
@@ -420,7 +427,3 @@ def test_a_request_in_the_lane_when_the_server_stops_is_answered_then_closed(
             assert sock.recv(1) == b""
         busy.result(timeout=READ_S_MAX)
         assert lane_engine.transfer("at-shutdown") is not None
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    assert not thread.is_alive()
