@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -278,7 +278,7 @@ class DirectLanes:
     def lane(self, path: str) -> Lane[Any]:
         return self._by_url[path.encode("ascii")]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Lane[Any]]:
         return iter(self._by_url.values())
 
 
