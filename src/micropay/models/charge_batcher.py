@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Union
+from functools import partial
 
 from micropay.engine import BatchContext, Engine
 from micropay.errors import ApiError, EngineClosedError, QueueFullError, StoreError
@@ -43,8 +43,7 @@ _logger = logging.getLogger(__name__)
 Answer = Outcome[Charge] | BaseException
 """What a caller gets: the charge and whether it was a replay, or the refusal (or failure)."""
 Deliver = Callable[[Answer], None]
-InLoop = Union["asyncio.Future[Outcome[Charge]]", Deliver]
-Sink = Future[Outcome[Charge]] | tuple[asyncio.AbstractEventLoop, InLoop]
+Sink = Future[Outcome[Charge]] | tuple[asyncio.AbstractEventLoop, Deliver]
 
 
 @dataclass(slots=True)
@@ -94,9 +93,8 @@ class ChargeBatcher:
 
     async def charge(self, request: ChargeRequest, metadata: bytes | None = None) -> Outcome[Charge]:
         """Queue one charge from an asyncio task and wait for its answer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome[Charge]] = loop.create_future()
-        self._enqueue(_Item(request, metadata, (loop, future)))
+        future: asyncio.Future[Outcome[Charge]] = asyncio.get_running_loop().create_future()
+        self.submit_in_loop(request, metadata, partial(_resolve, future))
         return await future
 
     def submit_in_loop(self, request: ChargeRequest, metadata: bytes | None, deliver: Deliver) -> None:
@@ -188,7 +186,7 @@ class _Run:
 
 def _deliver(answers: list[tuple[_Item, ChargeResult | BaseException]]) -> None:
     """Resolve each caller's future: threads' directly, each event loop's in one hand-over."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[InLoop, ChargeResult | BaseException]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, ChargeResult | BaseException]]] = {}
     for item, answer in answers:
         sink = item.sink
         if isinstance(sink, Future):
@@ -204,17 +202,20 @@ def _deliver(answers: list[tuple[_Item, ChargeResult | BaseException]]) -> None:
             loop.call_soon_threadsafe(_settle, settled)
 
 
-def _settle(settled: list[tuple[InLoop, ChargeResult | BaseException]]) -> None:
-    for target, answer in settled:
-        if not isinstance(target, asyncio.Future):
-            try:
-                target(answer)
-            except Exception:  # one caller's fault must not keep the others waiting
-                _logger.exception("delivering a charge's answer failed")
-            continue
-        if target.done():  # the caller was cancelled (its client left)
-            continue
-        if isinstance(answer, BaseException):
-            target.set_exception(answer)
-        else:
-            target.set_result(answer)
+def _settle(settled: list[tuple[Deliver, ChargeResult | BaseException]]) -> None:
+    for deliver, answer in settled:
+        try:
+            deliver(answer)
+        except Exception:  # one caller's fault must not keep the others waiting
+            _logger.exception("delivering a charge's answer failed")
+
+
+def _resolve(future: asyncio.Future[Outcome[Charge]], answer: Answer) -> None:
+    """``charge``'s delivery: the awaiting task's future gets the answer (unless it was
+    cancelled: its client left)."""
+    if future.done():
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
