@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from micropay.errors import StoreError, StoreLockedError, StoreSchemaError
+from micropay.errors import StoreError, StoreLockedError, StoreSchemaError, require
 from micropay.ledger import Account, Journal, Ledger, Transfer
 from micropay.ledger.types import TransferColumns
 from micropay.store.base import Document
@@ -31,6 +31,33 @@ _READ_MANY_CHUNK = 8190
 
 _DECODED_BATCHES_MAX = 16
 """Decoded batches kept for reads by timestamp (each up to 8190 transfers)."""
+
+_INSERT_BATCH = "INSERT INTO batches (first_ts, last_ts, transfer_count, body) VALUES (?, ?, ?, ?)"
+
+DOCUMENT_ROWS_PER_STATEMENT = (1024, 128, 16, 1)
+"""How many documents one ``INSERT`` writes, largest first (a few fixed sizes, so each
+statement is prepared once and then found in the connection's statement cache; 1024 rows are
+3072 parameters, well under SQLite's 32766)."""
+
+_PUT_DOCUMENTS = {
+    rows: "INSERT OR REPLACE INTO documents (kind, id, body) VALUES " + ", ".join(["(?, ?, ?)"] * rows)
+    for rows in DOCUMENT_ROWS_PER_STATEMENT
+}
+
+
+def _put_documents(db: sqlite3.Connection, documents: Sequence[Document]) -> None:
+    """Insert or replace ``documents`` (distinct keys) with a few many-row statements."""
+    count = len(documents)
+    done = 0
+    for rows in DOCUMENT_ROWS_PER_STATEMENT:
+        statement = _PUT_DOCUMENTS[rows]
+        while count - done >= rows:
+            parameters: list[str | bytes] = []
+            for document in documents[done : done + rows]:
+                parameters += (document.kind, document.id, document.body)
+            db.execute(statement, parameters)
+            done += rows
+    require(done == count, "every document is written")
 
 
 def sqlite_path(url: str) -> Path:
@@ -141,9 +168,32 @@ class SQLiteStore:
 
     # ----------------------------------------------------------------- writes
     def write(self, journal: Journal, documents: Sequence[Document]) -> None:
+        """Write one batch as one transaction (one sync).
+
+        Every statement the sqlite3 module runs lets go of the interpreter lock several times
+        (counting its parameters, each step, the reset), and in a server each of those is a
+        hand-over to the event loop's thread and back. So a batch is written in as few
+        statements as it can be: a batch of transfers alone is its one ``INSERT`` (a
+        transaction of its own), and documents go many rows to a statement (``_put_documents``)."""
         db = self._db
+        transfers = journal.transfers
+        alone = not (journal.ledgers or journal.accounts or journal.credit_limits or documents)
         with self._mutex:
             try:
+                batch_row = (
+                    (
+                        transfers.timestamps[0] if transfers else None,
+                        transfers.timestamps[-1] if transfers else None,
+                        len(transfers),
+                        encode_batch(transfers, journal.expired),
+                    )
+                    if transfers or journal.expired
+                    else None
+                )
+                if alone:
+                    if batch_row is not None:
+                        db.execute(_INSERT_BATCH, batch_row)
+                    return
                 db.execute("BEGIN IMMEDIATE")
                 if journal.ledgers:
                     db.executemany(
@@ -164,22 +214,10 @@ class SQLiteStore:
                         "UPDATE accounts SET credit_limit = ? WHERE id = ?",
                         [(limit, account_id) for account_id, limit in journal.credit_limits],
                     )
-                transfers = journal.transfers
-                if transfers or journal.expired:
-                    db.execute(
-                        "INSERT INTO batches (first_ts, last_ts, transfer_count, body) VALUES (?, ?, ?, ?)",
-                        (
-                            transfers.timestamps[0] if transfers else None,
-                            transfers.timestamps[-1] if transfers else None,
-                            len(transfers),
-                            encode_batch(transfers, journal.expired),
-                        ),
-                    )
+                if batch_row is not None:
+                    db.execute(_INSERT_BATCH, batch_row)
                 if documents:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO documents (kind, id, body) VALUES (?, ?, ?)",
-                        [(doc.kind, doc.id, doc.body) for doc in documents],
-                    )
+                    _put_documents(db, documents)
                 db.execute("COMMIT")
             except Exception as error:
                 if db.in_transaction:
