@@ -347,24 +347,6 @@ def test_a_store_can_be_tick_written_with_an_expiry_only_batch(engine: Engine, c
 
 
 # ----------------------------------------------------------------------------- how a batch is written
-@pytest.mark.parametrize("count", [1, 15, 16, 17, 1024 + 128 + 16 + 3])
-def test_documents_of_a_batch_are_all_written_whatever_their_number(db_path: Path, count: int) -> None:
-    """Documents go many rows to a statement, in a few fixed sizes; every count is written whole,
-    and a later batch replaces what an earlier one wrote."""
-    store = SQLiteStore(db_path)
-    try:
-        first = [Document("note", f"n{i:05d}", b'{"v": %d}' % i) for i in range(count)]
-        store.write(Journal(), first)
-        store.write(Journal(), [Document("note", "n00000", b'{"v": "new"}'), Document("other", "n00000", b"{}")])
-        found = store.read_documents("note", [document.id for document in first])
-        assert len(found) == count
-        assert found["n00000"] == b'{"v": "new"}'
-        assert all(found[document.id] == document.body for document in first[1:])
-        assert store.read_document("other", "n00000") == b"{}"
-    finally:
-        store.close()
-
-
 def test_a_batch_of_transfers_alone_is_written_by_one_statement_and_is_durable(db_path: Path, clock: Clock) -> None:
     """Each statement lets go of the interpreter lock, so a batch of nothing but transfers is
     one ``INSERT``, its own transaction; it is on disk when its future resolves."""
