@@ -615,4 +615,3 @@ def test_a_malformed_credit_limit_is_refused(engine: Engine, limit: Any) -> None
     with pytest.raises(MalformedRequest):
         engine.set_credit_limit("no good", 5)
     assert engine.account("w").credit_limit == 0
-

@@ -372,9 +372,7 @@ def test_pending_transfer_has_different_credit_account_id(engine: Engine) -> Non
 def test_pending_transfer_has_different_ledger(engine: Engine) -> None:
     setup_accounts(engine, "alice")
     ok(engine, transfer("p", "bank", "alice", 10, flags=PENDING))
-    refused(
-        engine, transfer("r", ledger=EUR, pending_id="p", flags=POST), Result.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
-    )
+    refused(engine, transfer("r", ledger=EUR, pending_id="p", flags=POST), Result.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER)
 
 
 @covers(Result.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT)
@@ -395,4 +393,3 @@ def test_exceeds_pending_transfer_amount_when_posting_more_than_reserved(engine:
 
 def test_every_result_code_has_a_test() -> None:
     assert set(Result) - COVERED == set()
-

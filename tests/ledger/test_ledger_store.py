@@ -220,9 +220,7 @@ class FlakyStore(SQLiteStore):
         super().write(journal, documents)
 
 
-def test_a_failed_store_write_fails_the_whole_batch_and_memory_stays_equal_to_disk(
-    db_path: Path, clock: Clock
-) -> None:
+def test_a_failed_store_write_fails_the_whole_batch_and_memory_stays_equal_to_disk(db_path: Path, clock: Clock) -> None:
     store = FlakyStore(db_path)
     engine = Engine(store, clock_ns=clock, batch_window_s=0)
     try:

@@ -34,6 +34,7 @@ _DECODED_BATCHES_MAX = 16
 
 _INSERT_BATCH = "INSERT INTO batches (first_ts, last_ts, transfer_count, body) VALUES (?, ?, ?, ?)"
 
+
 def sqlite_path(url: str) -> Path:
     """``sqlite:///relative/or/absolute.db`` (or a bare path) to a filesystem path."""
     if url.startswith("sqlite:///"):
