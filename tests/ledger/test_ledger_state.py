@@ -173,3 +173,13 @@ def test_expiry_happens_at_begin_and_is_journaled() -> None:
     assert state.journal().expired == ["p-short"]
     assert state.pending_status("p-short") is PendingStatus.EXPIRED
     assert state.account("w0").debits_pending == 0
+
+
+def test_available_is_the_snapshots_available_without_the_snapshot() -> None:
+    """Limits, pending debits and credits alike (the charging path reads it once per payer)."""
+    state, _ = base_state()
+    for account_id in sorted(state.account_ids()):
+        account = state.account(account_id)
+        assert account is not None
+        assert state.available(account_id) == account.available
+    assert state.available("missing") is None

@@ -83,6 +83,10 @@ class BatchContext:
     def ledger(self, code: str) -> Ledger | None:
         return self._state.ledger(code)
 
+    def available(self, account_id: str) -> int | None:
+        """What the account can still be debited (``Account.available``), or None if it does not exist."""
+        return self._state.available(account_id)
+
     def transfer_exists(self, transfer_id: str) -> bool:
         """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
         return self._state.transfer_locator(transfer_id) is not None

@@ -251,6 +251,14 @@ class LedgerState:
         state = self._account_state(account_id)
         return None if state is None else state.snapshot()
 
+    def available(self, account_id: str) -> int | None:
+        """``account(account_id).available`` without building the snapshot, or None for no such
+        account (the charging path reads it once per payer and operation)."""
+        state = self._account_state(account_id)
+        if state is None:
+            return None
+        return state.credits_posted - state.debits_posted - state.debits_pending + state.credit_limit
+
     def changed_balances(self, seeded: Iterable[AccountRow]) -> list[BalanceRow]:
         """Of these accounts as seeded, the ones whose credit limit or totals differ now."""
         accounts = self._accounts

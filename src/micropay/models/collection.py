@@ -234,10 +234,10 @@ def open_room(ctx: BatchContext, payer: Payer) -> PayerRoom:
 
 
 def _available(ctx: BatchContext, account_id: str) -> int:
-    account = ctx.account(account_id)
-    if account is None:
+    available = ctx.available(account_id)
+    if available is None:
         raise InvariantViolation(f"account {account_id} is missing")
-    return account.available
+    return available
 
 
 def add_cap_usage(ctx: BatchContext, usage: CapUsage, caps: tuple[SpendCap, ...], amount: int, now_ns: int) -> None:
