@@ -152,7 +152,7 @@ class SQLiteStore:
         (no ``BEGIN`` and ``COMMIT`` around it). Documents stay one ``executemany`` row each:
         many rows to a statement were slower for random ids (SQLite 3.40: 17.2 against 14.9 µs
         a document in batches of 30,000, and the metering benchmark's writes 30-36 against
-        26-27 µs an event)."""
+        26-29 µs an event)."""
         db = self._db
         transfers = journal.transfers
         alone = not (journal.ledgers or journal.accounts or journal.credit_limits or documents)
