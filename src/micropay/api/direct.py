@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -64,6 +64,7 @@ _JSON = b"application/json"
 _LINKED = int(TransferFlags.LINKED)
 
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class Reply(Protocol):
@@ -164,6 +165,16 @@ class Lane(ABC, Generic[R]):
     def _submit(self, prepared: R, reply: Reply) -> None:
         """Hand the request to the engine's side; ``reply`` gets its answer in the loop."""
 
+    def _respond(self, reply: Reply, make_response: Callable[P, Response], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Answer with the route's own ``make_response(*args, **kwargs)``, or, if it raises the
+        route's refusal, with that refusal as the app renders it."""
+        try:
+            response = make_response(*args, **kwargs)
+        except Exception as refusal:
+            self._fail(refusal, reply)
+            return
+        reply.respond(response)
+
     def _fail(self, error: BaseException, reply: Reply) -> None:
         """Answer a refusal as the app's exception handlers render it."""
         if not isinstance(error, Exception):  # a BaseException (cancelled, exiting): no answer
@@ -209,14 +220,8 @@ class TransferLane(Lane[TransferRequest]):
         self, request: TransferRequest, reply: Reply, outcome: TransferOutcome | None, error: BaseException | None
     ) -> None:
         if error is None and outcome is not None:
-            try:
-                response = transfer_response(request, outcome)
-            except Exception as refusal:  # rendered as the route's would be
-                self._fail(refusal, reply)
-                return
-            reply.respond(response)
-            return
-        if error is not None:
+            self._respond(reply, transfer_response, request, outcome)
+        elif error is not None:
             self._fail(error, reply)
 
 
@@ -253,13 +258,8 @@ class ChargeLane(Lane[PreparedCharge]):
     def _answer(self, metadata: dict[str, str], reply: Reply, answer: Answer) -> None:
         if isinstance(answer, BaseException):
             self._fail(answer, reply)
-            return
-        try:
-            response = charge_response(answer, metadata)
-        except Exception as refusal:
-            self._fail(refusal, reply)
-            return
-        reply.respond(response)
+        else:
+            self._respond(reply, charge_response, answer, metadata)
 
 
 class DirectLanes:
