@@ -4,7 +4,8 @@ Each migration is a tuple of steps (tables, indexes, seed rows); a step or a col
 to one dialect only, because the two stores keep money differently: SQLite has one writer that
 keeps balances in memory and logs one row per batch; PostgreSQL has several writers, so it
 keeps balances on the account rows (updated under row locks) and one row per transfer (its
-primary key is what makes retries idempotent across processes). Everything else is shared.
+primary key is what makes retries idempotent across processes). Everything else is shared,
+except that SQLite logs the documents of the busiest kinds too (``LOGGED_KINDS``).
 Migration ``i`` brings a database from version ``i`` to ``i + 1``; never edit a released one.
 """
 
@@ -60,7 +61,21 @@ class Row:
     dialects: frozenset[Dialect] = BOTH
 
 
-Step = Table | Index | Row
+@dataclass(frozen=True, slots=True)
+class LogDocuments:
+    """Move the documents of ``kinds`` from the documents table into the record log (a step of
+    data, run by the store's own code: see ``record_log``)."""
+
+    kinds: frozenset[str]
+    dialects: frozenset[Dialect] = BOTH
+
+
+Step = Table | Index | Row | LogDocuments
+
+LOGGED_KINDS: frozenset[str] = frozenset({"usage_event", "charge"})
+"""Document kinds a SQLite database keeps in its record log rather than its documents table
+(``record_log``): written at the rate of payments, under random ids. Part of the schema: a
+database keeps every document of a kind in one place, so a change here needs a migration."""
 
 _BALANCES = tuple(
     Column(name, "int64", dialects=POSTGRESQL)
@@ -133,6 +148,16 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             clustered=True,
         ),
     ),
+    (
+        # SQLite: the record log, one row per batch that wrote documents of LOGGED_KINDS.
+        Table(
+            "records",
+            (Column("seq", "int64"), Column("header", "bytes"), Column("data", "bytes")),
+            ("seq",),
+            dialects=SQLITE,
+        ),
+        LogDocuments(LOGGED_KINDS, dialects=SQLITE),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -164,16 +189,29 @@ def _row(row: Row) -> str:
     return f"INSERT INTO {row.table} ({names}) VALUES ({values})"
 
 
-def migration_statements(dialect: Dialect, version: int) -> list[str]:
-    """The SQL that brings a ``dialect`` database from ``version`` to ``version + 1``."""
-    statements: list[str] = []
+def migration_steps(dialect: Dialect, version: int) -> list[str | LogDocuments]:
+    """What brings a ``dialect`` database from ``version`` to ``version + 1``, in order: SQL,
+    and the data steps the store runs itself."""
+    steps: list[str | LogDocuments] = []
     for step in MIGRATIONS[version]:
         if dialect not in step.dialects:
             continue
         if isinstance(step, Table):
-            statements.append(_table(dialect, step))
+            steps.append(_table(dialect, step))
         elif isinstance(step, Index):
-            statements.append(_index(step))
+            steps.append(_index(step))
+        elif isinstance(step, Row):
+            steps.append(_row(step))
         else:
-            statements.append(_row(step))
+            steps.append(step)
+    return steps
+
+
+def migration_statements(dialect: Dialect, version: int) -> list[str]:
+    """The SQL that brings a ``dialect`` database from ``version`` to ``version + 1``, for a
+    dialect whose migrations are SQL alone (PostgreSQL)."""
+    steps = migration_steps(dialect, version)
+    statements = [step for step in steps if isinstance(step, str)]
+    if len(statements) != len(steps):
+        raise TypeError(f"{dialect} migration {version} has data steps: run it with migration_steps")
     return statements

@@ -1,8 +1,9 @@
 """SQLite store: one file, WAL, synchronous=FULL, one writer engine at a time.
 
-The transfer log is one row per committed batch (columnar JSON, see ``codec``); ledgers,
-accounts and documents are ordinary rows. Balances are not stored: they are the sum of the
-log, which the engine replays at start (``load``) and then keeps in memory.
+The transfer log is one row per committed batch (columnar JSON, see ``codec``), and so is the
+record log of the busiest document kinds (``record_log``); ledgers, accounts and the other
+documents are ordinary rows. Balances are not stored: they are the sum of the log, which the
+engine replays at start (``load``) and then keeps in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sqlite3
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -24,7 +25,8 @@ from micropay.ledger import Account, Journal, Ledger, Transfer
 from micropay.ledger.types import TransferColumns
 from micropay.store.base import Document
 from micropay.store.codec import decode_batch, encode_batch
-from micropay.store.schema import SCHEMA_VERSION, migration_statements
+from micropay.store.record_log import Entry, Location, RecordIndex, decode_header, encode_records
+from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, LogDocuments, migration_steps
 
 _READ_MANY_CHUNK = 8190
 """Ids looked up per query by ``read_documents`` (passed as one JSON array)."""
@@ -33,6 +35,10 @@ _DECODED_BATCHES_MAX = 16
 """Decoded batches kept for reads by timestamp (each up to 8190 transfers)."""
 
 _INSERT_BATCH = "INSERT INTO batches (first_ts, last_ts, transfer_count, body) VALUES (?, ?, ?, ?)"
+_INSERT_RECORDS = "INSERT INTO records (header, data) VALUES (?, ?)"
+
+_LOGGED_ROWS_PER_RECORD_MAX = 8190
+"""Documents per record row when a migration moves existing documents into the log."""
 
 
 def sqlite_path(url: str) -> Path:
@@ -60,6 +66,7 @@ class SQLiteStore:
         self._decoded: OrderedDict[int, TransferColumns] = OrderedDict()
         self._history: dict[str, array[int]] = {}
         self._history_seq = 0
+        self._records = RecordIndex()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +74,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA cache_size=-65536")
             self._migrate()
+            self._index_records()
         except sqlite3.Error as error:
             self._release()
             raise StoreError(f"cannot open {self.path}: {error}") from error
@@ -91,8 +99,11 @@ class SQLiteStore:
         for target in range(version, SCHEMA_VERSION):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in migration_statements("sqlite", target):
-                    self._db.execute(statement)
+                for step in migration_steps("sqlite", target):
+                    if isinstance(step, LogDocuments):
+                        self._log_documents(step.kinds)
+                    else:
+                        self._db.execute(step)
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(target + 1),)
                 )
@@ -100,6 +111,37 @@ class SQLiteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _log_documents(self, kinds: frozenset[str]) -> None:
+        """Move the documents of ``kinds`` from the documents table into the record log (inside
+        the migration's transaction)."""
+        db = self._db
+        for kind in sorted(kinds):
+            after = ""
+            while True:
+                rows = db.execute(
+                    "SELECT id, body FROM documents WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
+                    (kind, after, _LOGGED_ROWS_PER_RECORD_MAX),
+                ).fetchall()
+                if not rows:
+                    break
+                row = encode_records([Document(kind, str(document_id), bytes(body)) for document_id, body in rows])
+                db.execute(_INSERT_RECORDS, (row.header, row.data))
+                after = str(rows[-1][0])
+            db.execute("DELETE FROM documents WHERE kind = ?", (kind,))
+
+    def _index_records(self) -> None:
+        """Rebuild the record index from the headers of the record log, oldest row first."""
+        last_seq = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, header FROM records WHERE seq > ? ORDER BY seq LIMIT 256", (last_seq,)
+            ).fetchall()
+            if not rows:
+                return
+            for seq, header in rows:
+                self._records.add(seq, decode_header(bytes(header)))
+                last_seq = seq
 
     # ----------------------------------------------------------------- recovery
     def load(self) -> Iterator[Journal]:
@@ -152,10 +194,14 @@ class SQLiteStore:
         (no ``BEGIN`` and ``COMMIT`` around it). Documents stay one ``executemany`` row each:
         many rows to a statement were slower for random ids (SQLite 3.40: 17.2 against 14.9 µs
         a document in batches of 30,000, and the metering benchmark's writes 30-36 against
-        26-29 µs an event)."""
+        26-29 µs an event). The documents of ``LOGGED_KINDS`` are instead one row of the record
+        log, the index learning where they are once the transaction has committed."""
         db = self._db
         transfers = journal.transfers
         alone = not (journal.ledgers or journal.accounts or journal.credit_limits or documents)
+        logged = [document for document in documents if document.kind in LOGGED_KINDS]
+        if logged:
+            documents = [document for document in documents if document.kind not in LOGGED_KINDS]
         with self._mutex:
             try:
                 batch_row = (
@@ -199,11 +245,20 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO documents (kind, id, body) VALUES (?, ?, ?)",
                         [(doc.kind, doc.id, doc.body) for doc in documents],
                     )
+                records: tuple[int, list[Entry]] | None = None
+                if logged:
+                    row = encode_records(logged)
+                    seq = db.execute(_INSERT_RECORDS, (row.header, row.data)).lastrowid
+                    if seq is None:
+                        raise StoreError("the record row got no number")
+                    records = (seq, row.entries)
                 db.execute("COMMIT")
             except Exception as error:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise StoreError(f"batch write failed: {error}") from error
+            if records is not None:  # committed: now the index may say where they are
+                self._records.add(*records)
 
     # ----------------------------------------------------------------- reads
     def _batch_for(self, timestamp: int) -> TransferColumns | None:
@@ -280,8 +335,33 @@ class SQLiteStore:
             wanted = [stamps[i] for i in range(end - 1, max(end - limit, 0) - 1, -1)]
         return self.read_transfers(wanted)
 
+    def _read_logged(self, location: Location) -> bytes:
+        if not location.length:
+            return b""  # (substr of an empty blob is NULL)
+        row = self._db.execute(
+            "SELECT substr(data, ?, ?) FROM records WHERE seq = ?",
+            (location.start + 1, location.length, location.seq),
+        ).fetchone()
+        if row is None:
+            raise StoreSchemaError(f"the record log has no row {location.seq}")
+        body = b"" if row[0] is None else bytes(row[0])
+        if len(body) != location.length:
+            raise StoreSchemaError(f"record log row {location.seq} is shorter than its header says")
+        return body
+
+    def _read_logged_many(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for document_id in document_ids:
+            location = self._records.locate(kind, document_id)
+            if location is not None:
+                found[document_id] = self._read_logged(location)
+        return found
+
     def read_document(self, kind: str, document_id: str) -> bytes | None:
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                location = self._records.locate(kind, document_id)
+                return None if location is None else self._read_logged(location)
             row = self._db.execute(
                 "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, document_id)
             ).fetchone()
@@ -290,6 +370,8 @@ class SQLiteStore:
     def read_documents(self, kind: str, document_ids: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                return self._read_logged_many(kind, self._records.found(kind, document_ids))
             for start in range(0, len(document_ids), _READ_MANY_CHUNK):
                 wanted = orjson.dumps(list(document_ids[start : start + _READ_MANY_CHUNK])).decode()
                 rows = self._db.execute(
@@ -301,6 +383,9 @@ class SQLiteStore:
 
     def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                ids = self._records.ids_after(kind, starting_after, limit)
+                return list(self._read_logged_many(kind, ids).items())
             rows = self._db.execute(
                 "SELECT id, body FROM documents WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
                 (kind, starting_after or "", limit),

@@ -1,0 +1,198 @@
+"""The record log: the documents of the busiest kinds, kept one row per batch like transfers.
+
+A usage event or a charge record is written at the rate of payments, under an id its client
+chose at random. As rows of the documents table (ordered by kind and id) such documents land
+each on a page of its own, so every commit writes about one page per document to the log and
+the checkpoint writes it again. The SQLite store keeps the kinds in ``schema.LOGGED_KINDS``
+apart: the documents of these kinds one batch writes are one row of the ``records`` table (a
+header naming each one's kind, id and length; the bodies one after another), and this index in
+memory, rebuilt from the headers when the store opens, says where the newest version of each
+lies. A newer version of a document is a new entry; the index forgets the older one.
+
+The index costs memory for every logged document (its id and one integer, about 150 bytes),
+as the ledger's transfer ids do, and opening reads every header (about 1.4 s a million
+documents here). Lists read a kind's ids in order from sorted chunks made on the first list of
+that kind (about 1 s a million ids); ids that arrive later wait apart until the next list puts
+each into its chunk (a few µs an id), so no list re-sorts the kind.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from micropay.errors import StoreSchemaError, require
+from micropay.store.base import Document
+
+_CHUNK_IDS_MAX = 4096
+"""Ids per chunk of a kind's sorted ids (a full chunk splits in two)."""
+_OFFSET_BITS = 32
+_OFFSET_MAX = (1 << _OFFSET_BITS) - 1
+"""A row's bodies together, and each body, stay under 4 GiB (a batch is far smaller)."""
+
+Entry = tuple[str, str, int, int]
+"""A logged document as a row's header names it: kind, id, where its body starts in the row's
+data, and its length in bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One batch's logged documents as the ``records`` table keeps them."""
+
+    header: bytes
+    data: bytes
+    entries: list[Entry]
+
+
+def encode_records(documents: Sequence[Document]) -> RecordRow:
+    """The row for ``documents`` (in order: of one id, the later replaces the earlier)."""
+    require(len(documents) > 0, "a record row holds at least one document")
+    kinds = sorted({document.kind for document in documents})
+    kind_numbers = {kind: number for number, kind in enumerate(kinds)}
+    ids = [document.id for document in documents]
+    lengths = [len(document.body) for document in documents]
+    data = b"".join(document.body for document in documents)
+    require(len(data) <= _OFFSET_MAX, "a batch's logged documents stay under 4 GiB")
+    header = orjson.dumps([kinds, [kind_numbers[document.kind] for document in documents], ids, lengths])
+    entries = [
+        (document.kind, document.id, start, length)
+        for document, start, length in zip(documents, _starts(lengths), lengths, strict=True)
+    ]
+    return RecordRow(header, data, entries)
+
+
+def decode_header(header: bytes) -> list[Entry]:
+    """The entries a row's header names (StoreSchemaError if it is not one)."""
+    try:
+        kinds, kind_numbers, ids, lengths = orjson.loads(header)
+        entries = [
+            (kinds[number], document_id, start, length)
+            for number, document_id, start, length in zip(kind_numbers, ids, _starts(lengths), lengths, strict=True)
+        ]
+    except (orjson.JSONDecodeError, ValueError, TypeError, IndexError) as error:
+        raise StoreSchemaError(f"damaged record log header: {error}") from error
+    for kind, document_id, _, length in entries:
+        if type(kind) is not str or type(document_id) is not str or type(length) is not int or length < 0:
+            raise StoreSchemaError("damaged record log header: an entry is not (kind, id, length)")
+    return entries
+
+
+def _starts(lengths: Sequence[int]) -> Iterable[int]:
+    return itertools.accumulate(lengths[:-1], initial=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a logged document's newest version lies: its row and its slice of the row's data."""
+
+    seq: int
+    start: int
+    length: int
+
+
+class RecordIndex:
+    """Where each logged document lies, by kind and id. Not thread-safe: the store's mutex
+    guards it. Entries are added only for rows that are committed."""
+
+    def __init__(self) -> None:
+        self._locators: dict[str, dict[str, int]] = {}
+        self._ordered: dict[str, SortedIds] = {}  # a listed kind's ids in order, but for ...
+        self._fresh: dict[str, list[str]] = {}  # ... its ids that arrived since, not yet in
+
+    def add(self, seq: int, entries: Iterable[Entry]) -> None:
+        """Record the committed row ``seq``'s entries (later entries replace earlier ones)."""
+        require(seq > 0, "record rows are numbered from 1")
+        base = seq << (2 * _OFFSET_BITS)
+        for kind, document_id, start, length in entries:
+            require(0 <= start <= _OFFSET_MAX and 0 <= length <= _OFFSET_MAX, "a record entry out of range")
+            locators = self._locators.get(kind)
+            if locators is None:
+                locators = self._locators[kind] = {}
+            if document_id not in locators:
+                fresh = self._fresh.get(kind)
+                if fresh is not None:
+                    fresh.append(document_id)
+            locators[document_id] = base | (start << _OFFSET_BITS) | length
+
+    def locate(self, kind: str, document_id: str) -> Location | None:
+        locators = self._locators.get(kind)
+        locator = None if locators is None else locators.get(document_id)
+        if locator is None:
+            return None
+        return Location(locator >> (2 * _OFFSET_BITS), (locator >> _OFFSET_BITS) & _OFFSET_MAX, locator & _OFFSET_MAX)
+
+    def found(self, kind: str, document_ids: Iterable[str]) -> list[str]:
+        """Those of ``document_ids`` logged under ``kind``."""
+        locators = self._locators.get(kind)
+        if not locators:
+            return []
+        return [document_id for document_id in document_ids if document_id in locators]
+
+    def ids_after(self, kind: str, starting_after: str | None, limit: int) -> list[str]:
+        """Ids of ``kind`` in order, after ``starting_after``, at most ``limit``."""
+        locators = self._locators.get(kind)
+        if not locators or limit <= 0:
+            return []
+        ordered = self._ordered.get(kind)
+        if ordered is None:
+            ordered = self._ordered[kind] = SortedIds(sorted(locators))
+            self._fresh[kind] = []
+        fresh = self._fresh[kind]
+        for document_id in fresh:
+            ordered.insert(document_id)
+        fresh.clear()
+        require(len(ordered) == len(locators), "a listed kind's ordered ids are all its ids")
+        return ordered.after(starting_after, limit)
+
+    def count(self, kind: str) -> int:
+        return len(self._locators.get(kind, ()))
+
+
+class SortedIds:
+    """Distinct ids in order, as chunks of at most ``chunk_ids_max``: inserting one moves the
+    ids of one chunk, not of all."""
+
+    def __init__(self, ordered: list[str], chunk_ids_max: int = _CHUNK_IDS_MAX) -> None:
+        require(chunk_ids_max >= 2, "a chunk holds at least two ids")
+        self._chunk_ids_max = chunk_ids_max
+        half = chunk_ids_max // 2
+        self._chunks = [ordered[i : i + half] for i in range(0, len(ordered), half)]
+        self._firsts = [chunk[0] for chunk in self._chunks]
+        self._count = len(ordered)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def insert(self, document_id: str) -> None:
+        """Add ``document_id`` (not already there)."""
+        chunks, firsts = self._chunks, self._firsts
+        if not chunks:
+            chunks.append([document_id])
+            firsts.append(document_id)
+            self._count = 1
+            return
+        at = max(bisect.bisect_right(firsts, document_id) - 1, 0)
+        chunk = chunks[at]
+        bisect.insort(chunk, document_id)
+        firsts[at] = chunk[0]
+        self._count += 1
+        if len(chunk) > self._chunk_ids_max:
+            half = len(chunk) // 2
+            chunks[at : at + 1] = [chunk[:half], chunk[half:]]
+            firsts[at : at + 1] = [chunk[0], chunk[half]]
+
+    def after(self, starting_after: str | None, limit: int) -> list[str]:
+        """At most ``limit`` ids after ``starting_after``, in order."""
+        chunks = self._chunks
+        at = 0 if starting_after is None else max(bisect.bisect_right(self._firsts, starting_after) - 1, 0)
+        found: list[str] = []
+        while at < len(chunks) and len(found) < limit:
+            chunk = chunks[at]
+            start = 0 if starting_after is None else bisect.bisect_right(chunk, starting_after)
+            found += chunk[start : start + limit - len(found)]
+            at += 1
+        return found
