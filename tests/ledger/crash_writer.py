@@ -1,9 +1,10 @@
 """A writer process for the crash test: ``python crash_writer.py DB RUN``.
 
 Opens an engine on DB (recovering whatever is there), prints ``READY``, then keeps submitting
-transfers from a few threads: single ones, independent batches (some on the fast path), and
-linked chains whose ids say how long the chain is (``<run>-<n>-c<j>of<k>``). After each call
-returns it prints ``ACK`` and the ids that answered ``ok``, flushed: a printed id is
+transfers from a few threads: single ones, independent batches (some on the fast path), linked
+chains whose ids say how long the chain is (``<run>-<n>-c<j>of<k>``), and transfers written with
+a record of the record log under the same id (``<run>-<n>-r``, kind ``RECORD_KIND``). After each
+call returns it prints ``ACK`` and the ids that answered ``ok``, flushed: a printed id is
 acknowledged, hence durable. It runs until it is killed.
 """
 
@@ -13,7 +14,7 @@ import random
 import sys
 import threading
 
-from micropay.engine import Engine
+from micropay.engine import BatchContext, Engine
 from micropay.ledger import AccountFlags, AccountRequest, Result, TransferFlags, TransferRequest
 from micropay.store import SQLiteStore
 
@@ -21,6 +22,7 @@ LEDGER = "USD"
 WALLETS = [f"w{i}" for i in range(6)]
 SHOPS = [f"s{i}" for i in range(3)]
 THREADS = 4
+RECORD_KIND = "charge"  # one of the store's logged kinds
 
 _print_lock = threading.Lock()
 
@@ -57,6 +59,11 @@ def client(engine: Engine, run: str, number: int) -> None:
         n += 1
         prefix = f"{run}-{number}-{n}"
         kind = rng.random()
+        if kind < 0.15:
+            request = random_transfer(rng, f"{prefix}-r")
+            if engine.call(lambda ctx, request=request: with_record(ctx, request)):
+                say("ACK " + request.id)
+            continue
         if kind < 0.4:
             requests = [random_transfer(rng, prefix)]
         elif kind < 0.7:
@@ -72,6 +79,15 @@ def client(engine: Engine, run: str, number: int) -> None:
         acked = [r.id for r, (code, _) in zip(requests, outcomes, strict=True) if code is Result.OK]
         if acked:
             say("ACK " + " ".join(acked))
+
+
+def with_record(ctx: BatchContext, request: TransferRequest) -> bool:
+    """Create ``request`` and, if it went through, a record of it under the same id."""
+    [(code, _)] = ctx.create_transfers([request])
+    if code is not Result.OK:
+        return False
+    ctx.put_document(RECORD_KIND, request.id, b'{"amount":%d}' % request.amount)
+    return True
 
 
 def main() -> None:

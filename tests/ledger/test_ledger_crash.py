@@ -1,7 +1,8 @@
 """Crash safety: a writer process killed with SIGKILL at random moments, again and again.
 
 After every kill the file must open cleanly (SQLite integrity check), hold every transfer the
-writer acknowledged, hold each linked chain whole or not at all, and balance (``verify()``).
+writer acknowledged, hold each linked chain whole or not at all, hold a record of the record log
+exactly for each transfer written with one, and balance (``verify()``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from crash_writer import RECORD_KIND
 from ledger_testkit import assert_conserved, open_engine
 
 from micropay.store import SQLiteStore
@@ -103,6 +105,10 @@ def test_a_writer_killed_at_random_moments_never_loses_or_tears_anything(tmp_pat
                     lengths[match["chain"]] = int(match["length"])
             torn = [chain for chain, members in chains.items() if members != set(range(lengths[chain]))]
             assert not torn, f"kill {kill}: linked chains stored in part: {torn[:5]}"
+            with_record = sorted(transfer_id for transfer_id in stored if transfer_id.endswith("-r"))
+            records = dict(store.list_documents(RECORD_KIND, None, len(with_record) + 1))
+            assert sorted(records) == with_record, f"kill {kill}: records and their transfers differ"
+            assert all(store.read_document(RECORD_KIND, i) == records[i] for i in with_record[-5:])
             assert_conserved(engine)
             for transfer_id in rng.sample(sorted(acked), min(len(acked), 20)):
                 assert engine.transfer(transfer_id) is not None
