@@ -17,7 +17,7 @@ from micropay.models.metering import USAGE_EVENT
 from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore
 from micropay.store.base import Document
-from micropay.store.record_log import RecordIndex, SortedIds, decode_header, encode_records
+from micropay.store.record_log import RecordColumns, RecordIndex, SortedIds, decode_header, encode_records
 from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, migration_statements
 
 OTHER = "payer"  # a kind kept in the documents table
@@ -153,21 +153,23 @@ DOCUMENTS = st.lists(
 @given(DOCUMENTS)
 def test_a_record_row_names_each_document_where_its_body_lies(documents: list[Document]) -> None:
     row = encode_records(documents)
-    entries = decode_header(row.header)
-    assert entries == row.entries
+    assert decode_header(row.header) == row.columns
+    entries = row.columns.entries()
     assert [(kind, document_id) for kind, document_id, _, _ in entries] == [(d.kind, d.id) for d in documents]
     assert [row.data[start : start + length] for _, _, start, length in entries] == [d.body for d in documents]
 
 
 def test_the_index_lists_ids_in_order_and_forgets_replaced_versions() -> None:
     index = RecordIndex()
-    index.add(1, [(CHARGE, "b", 0, 1), (CHARGE, "a", 1, 2)])
+    index.add(1, RecordColumns([CHARGE], [0, 0], ["b", "a"], [0, 1], [1, 2]))
     assert index.ids_after(CHARGE, None, 10) == ["a", "b"]
-    index.add(2, [(CHARGE, "a", 0, 4), (CHARGE, "c", 4, 1)])
+    index.add(2, RecordColumns([CHARGE, USAGE_EVENT], [0, 1, 0, 0], ["a", "a", "c", "c"], [0, 4, 5, 6], [4, 1, 1, 2]))
     assert index.ids_after(CHARGE, "a", 10) == ["b", "c"]
     location = index.locate(CHARGE, "a")
     assert location is not None and (location.seq, location.start, location.length) == (2, 0, 4)
-    assert index.count(CHARGE) == 3 and index.count(USAGE_EVENT) == 0
+    location = index.locate(CHARGE, "c")  # twice in one row: the later one
+    assert location is not None and (location.seq, location.start, location.length) == (2, 6, 2)
+    assert index.count(CHARGE) == 3 and index.count(USAGE_EVENT) == 1
 
 
 @settings(max_examples=200, deadline=None)
@@ -218,10 +220,10 @@ def test_documents_read_and_list_the_same_whether_logged_or_not(
     model: dict[tuple[str, str], bytes] = {}
     store = SQLiteStore(db_path)
     try:
-        for batch in batches:
+        for batch in batches:  # checked after each batch: lists between writes take in the new ids
             _write(store, *batch)
             model.update(((document.kind, document.id), document.body) for document in batch)
-        _check(store, model, starting_after, limit)
+            _check(store, model, starting_after, limit)
     finally:
         store.close()
     reopened = SQLiteStore(db_path)

@@ -25,7 +25,7 @@ from micropay.ledger import Account, Journal, Ledger, Transfer
 from micropay.ledger.types import TransferColumns
 from micropay.store.base import Document
 from micropay.store.codec import decode_batch, encode_batch
-from micropay.store.record_log import Entry, Location, RecordIndex, decode_header, encode_records
+from micropay.store.record_log import Location, RecordColumns, RecordIndex, decode_header, encode_records
 from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, LogDocuments, migration_steps
 
 _READ_MANY_CHUNK = 8190
@@ -245,13 +245,13 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO documents (kind, id, body) VALUES (?, ?, ?)",
                         [(doc.kind, doc.id, doc.body) for doc in documents],
                     )
-                records: tuple[int, list[Entry]] | None = None
+                records: tuple[int, RecordColumns] | None = None
                 if logged:
                     row = encode_records(logged)
                     seq = db.execute(_INSERT_RECORDS, (row.header, row.data)).lastrowid
                     if seq is None:
                         raise StoreError("the record row got no number")
-                    records = (seq, row.entries)
+                    records = (seq, row.columns)
                 db.execute("COMMIT")
             except Exception as error:
                 if db.in_transaction:
