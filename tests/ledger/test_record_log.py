@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from micropay.engine.memory import DocumentCache
 from micropay.errors import StoreError, StoreSchemaError
 from micropay.ledger import Journal
 from micropay.models.metering import USAGE_EVENT
@@ -139,6 +140,19 @@ def test_a_damaged_record_header_is_refused_when_the_store_opens(db_path: Path) 
         db.execute("UPDATE records SET header = ?", (b"[1,2]",))
     with pytest.raises(StoreSchemaError):
         SQLiteStore(db_path)
+
+
+def test_the_engines_document_cache_leaves_logged_documents_to_the_stores_index(store: SQLiteStore) -> None:
+    """A charge record or usage event per payment would fill the cache and make it start over."""
+    cache = DocumentCache(store)
+    written = {(CHARGE, "ch"): b"c", (USAGE_EVENT, "ev"): b"e", (OTHER, "p"): b"p"}
+    _write(store, *(Document(kind, document_id, body) for (kind, document_id), body in written.items()))
+    cache.committed(written)
+    assert (OTHER, "p") in cache
+    assert (CHARGE, "ch") not in cache and (USAGE_EVENT, "ev") not in cache
+    assert cache.get((CHARGE, "ch")) == b"c" and cache.get((CHARGE, "none")) is None
+    assert cache.get_many(USAGE_EVENT, ["ev", "none"]) == {"ev": b"e"}
+    assert (CHARGE, "ch") not in cache and (CHARGE, "none") not in cache and (USAGE_EVENT, "ev") not in cache
 
 
 # ----------------------------------------------------------------------------- the row codec

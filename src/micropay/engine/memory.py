@@ -21,19 +21,26 @@ DOCUMENT_CACHE_MAX = 1_000_000
 
 
 class DocumentCache:
-    """Committed documents, read through to the store; updated only after a batch is durable."""
+    """Committed documents, read through to the store; updated only after a batch is durable.
+
+    Kinds the store indexes in memory itself (``LogStore.indexed_kinds``: the busiest, a usage
+    event or a charge record per payment) are left to it: kept here they would fill the cache
+    within minutes of traffic, and each time it filled it would start over, dropping the payers,
+    merchants and usage records that every batch reads again."""
 
     def __init__(self, store: LogStore, entries_max: int = DOCUMENT_CACHE_MAX) -> None:
         self._store = store
         self._entries: dict[DocumentKey, bytes | None] = {}
         self._entries_max = entries_max
+        self._passed_kinds = store.indexed_kinds
 
     def get(self, key: DocumentKey) -> bytes | None:
         entries = self._entries
         if key in entries:
             return entries[key]
         body = self._store.read_document(key[0], key[1])
-        self._remember(key, body)
+        if key[0] not in self._passed_kinds:
+            self._remember(key, body)
         return body
 
     def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
@@ -52,8 +59,9 @@ class DocumentCache:
                 missing.append(document_id)
         if missing:
             stored = self._store.read_documents(kind, missing)
-            for document_id, body in stored.items():
-                self._remember((kind, document_id), body)
+            if kind not in self._passed_kinds:
+                for document_id, body in stored.items():
+                    self._remember((kind, document_id), body)
             found.update(stored)
         return found
 
@@ -63,8 +71,13 @@ class DocumentCache:
         self._entries[key] = body
 
     def committed(self, written: dict[DocumentKey, bytes]) -> None:
+        passed = self._passed_kinds
         for key, body in written.items():
-            self._remember(key, body)
+            if key[0] not in passed:
+                self._remember(key, body)
+
+    def __contains__(self, key: DocumentKey) -> bool:
+        return key in self._entries
 
 
 class MemoryCore:

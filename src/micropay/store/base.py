@@ -50,6 +50,10 @@ class LogStore(Store, Protocol):
     """A store with one writer engine, which keeps the ledger in memory and logs each batch.
     One ``write`` is one transaction, synced before it returns."""
 
+    indexed_kinds: frozenset[str]
+    """Document kinds the store finds through an index in memory (no search on disk): a cache in
+    front of it gains little by keeping them."""
+
     def load(self) -> Iterator[Journal]:
         """Every committed change, oldest first, for the engine to replay at start."""
         ...

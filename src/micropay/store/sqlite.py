@@ -53,6 +53,8 @@ def sqlite_path(url: str) -> Path:
 class SQLiteStore:
     """The embedded store. Opening it takes the file's writer lock for this process."""
 
+    indexed_kinds = LOGGED_KINDS
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
