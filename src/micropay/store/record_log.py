@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -179,13 +179,6 @@ class RecordIndex:
         if locator is None:
             return None
         return Location(locator >> (2 * _OFFSET_BITS), (locator >> _OFFSET_BITS) & _OFFSET_MAX, locator & _OFFSET_MAX)
-
-    def found(self, kind: str, document_ids: Iterable[str]) -> list[str]:
-        """Those of ``document_ids`` logged under ``kind``."""
-        locators = self._locators.get(kind)
-        if not locators:
-            return []
-        return [document_id for document_id in document_ids if document_id in locators]
 
     def ids_after(self, kind: str, starting_after: str | None, limit: int) -> list[str]:
         """Ids of ``kind`` in order, after ``starting_after``, at most ``limit``."""

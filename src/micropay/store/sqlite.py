@@ -373,7 +373,7 @@ class SQLiteStore:
         found: dict[str, bytes] = {}
         with self._mutex:
             if kind in LOGGED_KINDS:
-                return self._read_logged_many(kind, self._records.found(kind, document_ids))
+                return self._read_logged_many(kind, document_ids)
             for start in range(0, len(document_ids), _READ_MANY_CHUNK):
                 wanted = orjson.dumps(list(document_ids[start : start + _READ_MANY_CHUNK])).decode()
                 rows = self._db.execute(
