@@ -3,7 +3,10 @@ answer exactly what the ASGI app answers, and anything they do not take goes thr
 
 Two real uvicorn servers run the same app over one engine, one with the lane and one without;
 every request is sent to both (with its own ids) and the answers must match byte for byte, but
-for the Date header and the timestamps.
+for the Date header and the timestamps. Every test runs twice: with the lanes in the server's
+own protocol, and behind a front process (``micropay serve --front-processes``), which owns
+the connections and sends the server the lanes' requests, relays the rest or hands the
+connection over.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from micropay.api import Settings, create_app
 from micropay.api.app import MicropayApi
 from micropay.api.direct import CHARGES_PATH, TRANSFERS_PATH, DirectLanes, Lane
 from micropay.api.keys import issue_key
+from micropay.cli.front_link import Fronts
 from micropay.cli.protocol import http_protocol
+from micropay.cli.serve import MicropayServer
 from micropay.engine import Engine
 from micropay.ledger import AccountFlags, AccountRequest
 from micropay.models import chart, payments
@@ -43,6 +48,7 @@ KEY_TTL_S = 600.0
 class Served:
     port: int
     lanes: DirectLanes | None
+    fronts: Fronts | None = None
 
     def lane(self, path: str = TRANSFERS_PATH) -> Lane[Any]:
         assert self.lanes is not None
@@ -62,12 +68,15 @@ class Keys:
 
 
 def _serve(
-    app: MicropayApi, lane: DirectLanes | None, *, timeout_keep_alive_s: int = 5
+    app: MicropayApi, lane: DirectLanes | None, *, timeout_keep_alive_s: int = 5, front: bool = False
 ) -> tuple[Served, uvicorn.Server, threading.Thread]:
+    """Serve ``app`` in a thread; with ``front``, behind a front process (``micropay.cli.front``)
+    that owns the connections and sends the server the lanes' requests."""
+    listening = socket.create_server(("127.0.0.1", 0)) if front else None
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=0,
+        port=0 if listening is None else listening.getsockname()[1],
         loop="uvloop",
         http=http_protocol(lane),
         log_level="warning",
@@ -75,24 +84,30 @@ def _serve(
         lifespan="off",
         timeout_keep_alive=timeout_keep_alive_s,
     )
-    server = uvicorn.Server(config)
+    fronts = None
+    if listening is not None:
+        assert lane is not None
+        fronts = Fronts(listening, 1, lane, Settings().body_bytes_max)
+    server = MicropayServer(config, None, listening, fronts)
     thread = threading.Thread(target=server.run, name="lane-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_S_MAX
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return Served(port, lane), server, thread
+    port = server.servers[0].sockets[0].getsockname()[1] if listening is None else listening.getsockname()[1]
+    return Served(port, lane, fronts), server, thread
 
 
 @contextlib.contextmanager
-def _own_server(engine: Engine, *, timeout_keep_alive_s: int = 5) -> Iterator[tuple[Served, uvicorn.Server]]:
+def _own_server(
+    engine: Engine, *, timeout_keep_alive_s: int = 5, front: bool = False
+) -> Iterator[tuple[Served, uvicorn.Server]]:
     """A server with the lanes of its own (for a test that stops it or times its connections);
     stopped, and its thread gone, on the way out."""
     app = create_app(engine, settings=Settings(key_cache_ttl_s=KEY_TTL_S))
     assert isinstance(app, MicropayApi)
-    served, server, thread = _serve(app, app.direct_lanes(), timeout_keep_alive_s=timeout_keep_alive_s)
+    served, server, thread = _serve(app, app.direct_lanes(), timeout_keep_alive_s=timeout_keep_alive_s, front=front)
     try:
         yield served, server
     finally:
@@ -101,9 +116,17 @@ def _own_server(engine: Engine, *, timeout_keep_alive_s: int = 5) -> Iterator[tu
     assert not thread.is_alive(), "the server did not stop"
 
 
+@pytest.fixture(scope="module", params=["protocol", "front"])
+def serving(request: pytest.FixtureRequest) -> str:
+    """Where the lanes run: in the server's HTTP protocol, or behind a front process."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture(scope="module")
-def lane_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    with Engine(open_store(f"sqlite:///{tmp_path_factory.mktemp('lane') / 'lane.db'}")) as engine:
+def lane_engine(tmp_path_factory: pytest.TempPathFactory, serving: str) -> Iterator[Engine]:
+    """An engine of each serving mode's own (the tests reuse their ids)."""
+    with Engine(open_store(f"sqlite:///{tmp_path_factory.mktemp(f'lane-{serving}') / 'lane.db'}")) as engine:
         yield engine
 
 
@@ -111,7 +134,7 @@ Servers = tuple[Served, Served, Keys]
 
 
 @pytest.fixture(scope="module")
-def servers(lane_engine: Engine) -> Iterator[Servers]:
+def servers(lane_engine: Engine, serving: str) -> Iterator[Servers]:
     engine = lane_engine
     _, admin = issue_key(engine, "admin")
     _, merchant = issue_key(engine, "merchant", "m1")
@@ -137,7 +160,7 @@ def servers(lane_engine: Engine) -> Iterator[Servers]:
     assert lanes is not None
     without = create_app(engine, settings=Settings(direct_lane=False, key_cache_ttl_s=KEY_TTL_S))
     assert isinstance(without, MicropayApi) and without.direct_lanes() is None
-    started = [_serve(with_lanes, lanes), _serve(without, None)]
+    started = [_serve(with_lanes, lanes, front=serving == "front"), _serve(without, None)]
     try:
         yield started[0][0], started[1][0], keys
     finally:
@@ -385,10 +408,10 @@ def test_a_body_arriving_in_pieces_is_taken_once_whole(servers: Servers, lane_en
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(
-    servers: Servers, lane_engine: Engine
+    servers: Servers, lane_engine: Engine, serving: str
 ) -> None:
     _, _, keys = servers
-    with _own_server(lane_engine, timeout_keep_alive_s=1) as (served, _):
+    with _own_server(lane_engine, timeout_keep_alive_s=1, front=serving == "front") as (served, _):
         with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
             buffer = bytearray()
             _verify_keys(served, keys)
@@ -405,10 +428,10 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_on
 
 
 def test_a_request_in_the_lane_when_the_server_stops_is_answered_then_closed(
-    servers: Servers, lane_engine: Engine
+    servers: Servers, lane_engine: Engine, serving: str
 ) -> None:
     _, _, keys = servers
-    with _own_server(lane_engine) as (served, server):
+    with _own_server(lane_engine, front=serving == "front") as (served, server):
         with socket.create_connection(("127.0.0.1", served.port), timeout=READ_S_MAX) as sock:
             _verify_keys(served, keys)
             taken_before = served.lane().taken
@@ -427,3 +450,25 @@ def test_a_request_in_the_lane_when_the_server_stops_is_answered_then_closed(
             assert sock.recv(1) == b""
         busy.result(timeout=READ_S_MAX)
         assert lane_engine.transfer("at-shutdown") is not None
+
+
+@pytest.mark.parametrize("serving", ["front"], indirect=True)
+def test_a_front_keeps_the_connections_it_reads_and_hands_over_the_rest(servers: Servers, serving: str) -> None:
+    lane_server, _, keys = servers
+    assert lane_server.fronts is not None
+    _verify_keys(lane_server, keys)
+    handed_over = lane_server.fronts.handed_over
+    taken_before = lane_server.lane().taken
+    mixed = (
+        _get(keys.admin, "/v1/payers/p1")  # relayed to the app
+        + _request(keys.admin, _transfer("kept-1"))  # the lane's
+        + _request(keys.admin + "x", _transfer("kept-2"))  # declined by the lane: relayed, 401
+        + _request(keys.admin, _transfer("kept-3"))  # the lane's again: the front kept the connection
+    )
+    answers, _ = _exchange(lane_server.port, mixed, 4)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"200", b"201", b"401", b"201"]
+    assert lane_server.lane().taken - taken_before == 2
+    assert lane_server.fronts.handed_over == handed_over
+    answers, _ = _exchange(lane_server.port, _request(keys.admin, _transfer("handed-over"), version="1.0"))
+    assert answers[0][0].split(b" ")[1] == b"201"
+    assert lane_server.fronts.handed_over == handed_over + 1

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from micropay.bench.http import _call, free_port, start_server, stop_server
+from micropay.bench.http import _call, free_port, front_arguments, start_server, stop_server
 from micropay.bench.report import Reporter
 from micropay.engine import Engine
 from micropay.errors import MicropayError
@@ -330,9 +330,10 @@ def run_http(
     merchants: int,
     batch_connections: int = 2,
     batch_size: int = 1000,
+    front_processes: int = 1,
 ) -> None:
     port = free_port()
-    server, key = start_server(directory, port)
+    server, key = start_server(directory, port, front_arguments(front_processes))
     try:
         _setup_http(port, key, payers, merchants)
         elapsed, clients = asyncio.run(_load(port, key, connections, duration_s, payers, merchants))
@@ -376,6 +377,7 @@ def bench_charges(
     duration_s: float = 10.0,
     http_payers: int = 100,
     directory: str | None = None,
+    front_processes: int = 1,
 ) -> None:
     report.note(
         f"in process: {charges:,} charges ({one_op_charges:,} more one operation each) by {threads} threads,"
@@ -393,7 +395,10 @@ def bench_charges(
             one_op_charges=one_op_charges,
         )
     if http:
-        report.note(f"over HTTP: {connections} connections sending single charges for {duration_s:g} s")
+        report.note(
+            f"over HTTP: {connections} connections sending single charges for {duration_s:g} s,"
+            f" the server with {front_processes} front process(es)"
+        )
         with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-charges-http-") as tmp:
             run_http(
                 report,
@@ -402,4 +407,5 @@ def bench_charges(
                 duration_s=duration_s,
                 payers=http_payers,
                 merchants=min(merchants, http_payers),
+                front_processes=front_processes,
             )

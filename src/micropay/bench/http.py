@@ -173,8 +173,10 @@ def bench_http(
     directory: str | None = None,
     db: str | None = None,
     servers: int = 1,
+    front_processes: int = 1,
 ) -> None:
-    """``servers`` > 1 needs ``db`` naming a PostgreSQL database (one SQLite file has one writer)."""
+    """``servers`` > 1 needs ``db`` naming a PostgreSQL database (one SQLite file has one writer).
+    Each server runs with ``front_processes`` front processes (``micropay serve --front-processes``)."""
     if servers > 1 and not (db or "").startswith(("postgresql://", "postgres://")):
         raise MicropayError("several servers need --db postgresql://... (SQLite admits one writer)")
     with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-http-") as tmp:
@@ -183,10 +185,15 @@ def bench_http(
         try:
             key = ""
             for number, port in enumerate(ports):
-                server, key = start_server(Path(tmp), port, db=db, name=f"server-{number}")
+                server, key = start_server(
+                    Path(tmp), port, front_arguments(front_processes), db=db, name=f"server-{number}"
+                )
                 started.append(server)
             setup_accounts(ports[0], key, accounts)
-            report.note(f"{servers} server process(es) on {db.split('@')[-1] if db else 'a fresh SQLite file'}")
+            report.note(
+                f"{servers} server process(es), {front_processes} front process(es) each,"
+                f" on {db.split('@')[-1] if db else 'a fresh SQLite file'}"
+            )
             cpu_before = _cpu_s(started)
             single = run_load(ports, key, "single", connections, duration_s, accounts)
             cpu_after = _cpu_s(started)
@@ -220,6 +227,20 @@ def bench_http(
 
 
 def _cpu_s(servers: list[subprocess.Popen[bytes]]) -> float | None:
-    """CPU seconds the server processes have used so far, together."""
-    readings = [process_cpu_s(server.pid) for server in servers]
+    """CPU seconds the server processes and their front processes have used so far, together."""
+    readings = [process_cpu_s(pid) for server in servers for pid in (server.pid, *child_pids(server.pid))]
     return None if None in readings else sum(r for r in readings if r is not None)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (its front processes), where /proc tells (Linux)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
+
+
+def front_arguments(front_processes: int) -> list[str]:
+    """``micropay serve``'s arguments for this many front processes."""
+    return ["--front-processes", str(front_processes)] if front_processes else []

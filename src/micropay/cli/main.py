@@ -65,13 +65,38 @@ def serve_command(
         typer.Option(help="File holding an admin key; created (mode 0600) with a new key if missing."),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    front_processes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=8,
+            help="Processes that own the client connections and send this one only single transfers"
+            " and charges (0: this process serves everything). Uses another core; not with --access-log.",
+        ),
+    ] = 0,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) on one database."""
-    from micropay.cli.serve import SERVE_BATCH_WINDOW_S, run_server
+    from micropay.cli.serve import SERVE_BATCH_WINDOW_S, FrontLost, FrontsUnavailable, run_server
 
+    if front_processes and access_log:
+        typer.echo("error: --front-processes serves the direct lanes, which --access-log turns off.", err=True)
+        raise typer.Exit(2)
     engine = _open_engine(db, purpose="point --db at another database.", batch_window_s=SERVE_BATCH_WINDOW_S)
     try:
-        run_server(engine, host=host, port=port, admin_key_file=admin_key_file, access_log=access_log)
+        run_server(
+            engine,
+            host=host,
+            port=port,
+            admin_key_file=admin_key_file,
+            access_log=access_log,
+            front_processes=front_processes,
+        )
+    except FrontsUnavailable as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    except FrontLost as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     finally:
         engine.close()
 
@@ -141,6 +166,9 @@ def bench_http_command(
         str | None, typer.Option("--db", help="A postgresql:// URL the servers share (default: a fresh SQLite file).")
     ] = None,
     servers: Annotated[int, typer.Option(min=1, max=8, help="Server processes (several need PostgreSQL).")] = 1,
+    front_processes: Annotated[
+        int, typer.Option(min=0, max=8, help="Front processes of each server (`micropay serve --front-processes`).")
+    ] = 1,
 ) -> None:
     """Transfers over HTTP against real servers: single (latency) and batch (throughput)."""
     from micropay.bench.http import bench_http
@@ -153,6 +181,7 @@ def bench_http_command(
         accounts=accounts,
         db=db,
         servers=servers,
+        front_processes=front_processes,
     )
 
 
@@ -167,6 +196,9 @@ def bench_charges_command(
     http: Annotated[bool, typer.Option(help="Also charge over HTTP against a real server.")] = True,
     connections: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
     duration_s: Annotated[float, typer.Option(min=1, max=120, help="Seconds the HTTP load runs.")] = 10.0,
+    front_processes: Annotated[
+        int, typer.Option(min=0, max=8, help="Front processes of the server (`micropay serve --front-processes`).")
+    ] = 1,
 ) -> None:
     """Durable charges/s: in process (many threads, coalesced operations) and over HTTP."""
     from micropay.bench.charges import bench_charges
@@ -181,6 +213,7 @@ def bench_charges_command(
         http=http,
         connections=connections,
         duration_s=duration_s,
+        front_processes=front_processes,
     )
 
 

@@ -24,7 +24,7 @@ after its last response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from starlette.responses import Response
@@ -97,9 +97,17 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
 
     _writer: CoalescingTransport
 
+    adopted_bytes = b""
+    """Bytes a front process read from this connection before handing it over
+    (``micropay.cli.front``): read first, as if they had just arrived."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._writer = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, self._writer))
+        adopted = self.adopted_bytes
+        if adopted:
+            self.adopted_bytes = b""
+            self.data_received(adopted)
 
 
 _default_lines: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
@@ -113,6 +121,18 @@ def _default_header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
         lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         _default_lines = (headers, lines)
     return lines
+
+
+def response_bytes(response: Response, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+    """``response`` as uvicorn writes one with a Content-Length: its status line, uvicorn's
+    default headers, the response's own, ``connection: close`` unless the connection is kept."""
+    content: list[bytes | memoryview] = [STATUS_LINE[response.status_code], _default_header_lines(default_headers)]
+    for name, value in response.raw_headers:
+        content += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        content.append(b"connection: close\r\n")
+    content += (b"\r\n", response.body)
+    return b"".join(content)
 
 
 class _NoEvent:
@@ -164,16 +184,7 @@ class LaneCycle:
         transport = protocol.transport
         if self.disconnected or transport.is_closing():
             return
-        content: list[bytes | memoryview] = [
-            STATUS_LINE[response.status_code],
-            _default_header_lines(protocol.server_state.default_headers),
-        ]
-        for name, value in response.raw_headers:
-            content += (name, b": ", value, b"\r\n")
-        if not self.keep_alive:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", response.body)
-        protocol._writer.write_whole(b"".join(content))
+        protocol._writer.write_whole(response_bytes(response, protocol.server_state.default_headers, self.keep_alive))
         if not self.keep_alive:
             transport.close()
         protocol.on_response_complete()
@@ -202,6 +213,8 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
     """The protocol with the direct lanes in front of uvicorn's (see the module)."""
 
     lanes: DirectLanes
+    response_listener: Callable[[], None] | None = None
+    """Called as each response is complete (a relayed request's, ``micropay.cli.front_link``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -288,6 +301,9 @@ class LaneProtocol(OneWriteHttpToolsProtocol):
         self._idle_since = None
 
     def on_response_complete(self) -> None:
+        listener = self.response_listener
+        if listener is not None:
+            listener()
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ import uvicorn
 from micropay.api import Settings, create_app
 from micropay.api.app import MicropayApi
 from micropay.api.keys import issue_key, verify_key
+from micropay.cli.front_link import Fronts
 from micropay.cli.protocol import http_protocol
 from micropay.engine import Engine
 
@@ -47,15 +50,29 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-class _AnnouncingServer(uvicorn.Server):
-    """Prints where it listens once the socket is bound (so ``--port 0`` shows the real port)."""
+class MicropayServer(uvicorn.Server):
+    """Prints where it listens once the socket is bound (so ``--port 0`` shows the real port).
 
-    def __init__(self, config: uvicorn.Config, admin_key_note: str | None) -> None:
+    With ``fronts``, uvicorn listens on nothing: the front processes accept on ``listening``
+    (``micropay.cli.front``), and the connections they hand over are served here by the same
+    protocol uvicorn would have made for them."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        admin_key_note: str | None,
+        listening: socket.socket | None = None,
+        fronts: Fronts | None = None,
+    ) -> None:
         super().__init__(config)
         self._admin_key_note = admin_key_note
+        self._listening = listening
+        self._fronts = fronts
+        self.front_lost = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        fronts = self._fronts
+        await super().startup([] if fronts is not None else sockets)
         if self.should_exit:
             return
         host, port = self.config.host, self.config.port
@@ -63,6 +80,10 @@ class _AnnouncingServer(uvicorn.Server):
             for bound in server.sockets:
                 port = bound.getsockname()[1]
                 break
+        if fronts is not None and self._listening is not None:
+            port = self._listening.getsockname()[1]
+            keep_alive_s = self.config.timeout_keep_alive
+            fronts.start(self._create_protocol, self.server_state, self.lifespan.state, keep_alive_s, self._lost)
         url = _url(host, port)
         typer.echo(f"Micropay API listening on {url}")
         typer.echo(f"API docs: {url}/docs")
@@ -73,6 +94,28 @@ class _AnnouncingServer(uvicorn.Server):
                 "No admin key file given: use an existing key, or restart with --admin-key-file PATH"
                 " (or run `micropay keys create --role admin` while the server is stopped)."
             )
+        if fronts is not None:
+            typer.echo(f"Front processes: {fronts.count}")
+
+    def _create_protocol(self) -> asyncio.Protocol:
+        """The protocol uvicorn makes for a connection it accepts."""
+        config = self.config
+        protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
+
+    def _lost(self) -> None:
+        logging.getLogger("micropay.front").error("a front process exited; the server stops")
+        self.front_lost = True
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._fronts is not None:
+            await self._fronts.stop()  # they answer what they hold; handed-over connections stay here
+        if self._listening is not None:
+            self._listening.close()
+        await super().shutdown(sockets)
 
 
 def run_server(
@@ -83,11 +126,25 @@ def run_server(
     admin_key_file: Path | None,
     access_log: bool,
     settings: Settings | None = None,
+    front_processes: int = 0,
 ) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM). The caller closes the engine afterwards."""
+    """Serve until interrupted (Ctrl-C or SIGTERM). The caller closes the engine afterwards.
+
+    ``front_processes`` > 0 puts that many front processes (``micropay.cli.front``) between
+    the clients and this process; they need the direct lanes (no access log)."""
     note = ensure_admin_key_file(engine, admin_key_file) if admin_key_file is not None else None
+    settings = settings or Settings()
     app = create_app(engine, settings=settings)
     lanes = app.direct_lanes() if isinstance(app, MicropayApi) and not access_log else None
+    listening: socket.socket | None = None
+    fronts: Fronts | None = None
+    if front_processes:
+        if lanes is None:
+            raise FrontsUnavailable("front processes serve the direct lanes, which the access log turns off")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        port = listening.getsockname()[1]
+        fronts = Fronts(listening, front_processes, lanes, settings.body_bytes_max)
     config = uvicorn.Config(
         app,
         host=host,
@@ -99,16 +156,34 @@ def run_server(
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=LISTEN_BACKLOG,
     )
     # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
     # that was there before it: make that one unwind normally, so the caller closes the engine.
     previous = {sig: signal.signal(sig, _exit_after_graceful_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_garbage_collector()
     try:
-        _AnnouncingServer(config, note).run()
+        server = MicropayServer(config, note, listening, fronts)
+        server.run()
+        if server.front_lost:
+            raise FrontLost("a front process exited, and with it the connections it held")
     finally:
+        if listening is not None:
+            listening.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues before they are accepted (uvicorn's default)."""
+
+
+class FrontsUnavailable(Exception):
+    """Front processes were asked for where they cannot serve."""
+
+
+class FrontLost(Exception):
+    """A front process exited while serving: the server stopped (a supervisor restarts it)."""
 
 
 SERVE_BATCH_WINDOW_S = 0.0
