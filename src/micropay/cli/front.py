@@ -3,19 +3,25 @@
 The server process holds the engine and the app, and the interpreter lock it runs them under is
 shared by everything it does: reading sockets, parsing requests, writing answers. A front
 process takes the sockets off it. It accepts connections on the server's listening socket and
-reads requests; a request for a direct lane (``micropay.api.direct``: ``POST /v1/transfers``,
-``POST /v1/charges``) that it reads whole and plainly is sent to the server over the link
-(``micropay.cli.front_wire``), which answers it with the lane's own checks and answer, and the
-answer is written back here. Everything else is handed over: the connection's descriptor goes
-to the server with the bytes read from it so far, and the server's own HTTP protocol serves it
-from then on, exactly as if it had accepted it. So is a lane request the server's lane declines.
+reads requests with a strict parser of its own (``parse_head``). Over the link to the server
+(``micropay.cli.front_wire``), a whole request then goes
 
-Plainly means: ``POST``, the lane's exact path, ``HTTP/1.1``, well-formed header lines, one
-``Content-Length`` of at most the lane's body limit, at most one ``Content-Type`` and one
-``Authorization``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, and a ``Connection``
-header (if any) of ``keep-alive`` or ``close``. Anything this parser is not sure of goes to the
-server's parser, which decides. One request per connection is in flight at a time; bytes
-pipelined behind it wait here until it is answered.
+- to a direct lane (``micropay.api.direct``: ``POST /v1/transfers``, ``POST /v1/charges``) if
+  it is a plain one: the server's lane answers it with its own checks and answer;
+- to the server's own HTTP protocol if it is any other plainly framed request (or one the lane
+  declines): the server answers it through an in-memory transport;
+
+and the answer comes back to be written here: the connection stays with the front. Anything
+the strict parser is not sure of is handed over: the connection's descriptor goes to the server
+with the bytes read from it so far, and the server's protocol serves it from then on, exactly as
+if it had accepted it.
+
+Plainly framed means: ``HTTP/1.1``, an origin-form target, well-formed header lines, at most one
+``Content-Length`` (of at most the body limit), no ``Transfer-Encoding``, ``Expect`` or
+``Upgrade``, and a ``Connection`` header (if any) of ``keep-alive`` or ``close``. A plain lane
+request also has one ``Content-Type``, one ``Authorization`` and a body of at most the lane's
+limit. One request per connection is in flight at a time; bytes pipelined behind it wait here
+until it is answered.
 
 Limits: a head of at most ``HEAD_BYTES_MAX`` (a longer one is handed over); at most
 ``BUFFERED_BYTES_MAX`` read ahead per connection before reading pauses; an idle connection is
