@@ -29,7 +29,7 @@ STARTUP_S_MAX = 30.0
 EXIT_S_MAX = 15.0
 LANES = {b"/v1/transfers": 0, b"/v1/charges": 1}
 LANE_BODY_MAX = 16 * 1024
-BODY_MAX = 5 * 2**20
+BODY_MAX = 64 * 1024
 
 
 def _head(*lines: str, request_line: str = "POST /v1/transfers HTTP/1.1") -> bytes:

@@ -18,7 +18,8 @@ if it had accepted it.
 
 Plainly framed means: ``HTTP/1.1``, an origin-form target, well-formed header lines, at most one
 ``Content-Length`` (of at most the body limit), no ``Transfer-Encoding``, ``Expect`` or
-``Upgrade``, and a ``Connection`` header (if any) of ``keep-alive`` or ``close``. A plain lane
+``Upgrade``, and a ``Connection`` header (if any) of ``keep-alive`` or ``close``; a body of at
+most ``RELAY_BODY_BYTES_MAX`` (a batch, larger, is handed over with its connection). A plain lane
 request also has one ``Content-Type``, one ``Authorization`` and a body of at most the lane's
 limit. One request per connection is in flight at a time; bytes pipelined behind it wait here
 until it is answered.
@@ -61,6 +62,10 @@ from micropay.cli.front_wire import (
 
 HEAD_BYTES_MAX = 8192
 """Longest request head read here (a longer one is handed over, and the server decides)."""
+RELAY_BODY_BYTES_MAX = 64 * 1024
+"""Largest body of a request relayed to the server (a larger one, such as a batch, is handed
+over with its connection: the server's own protocol then serves it as well as the front would,
+without copying the body and the answer across the link)."""
 BUFFERED_BYTES_MAX = 64 * 1024
 """Bytes read ahead on a connection while its request is in flight, before reading pauses."""
 IDLE_CHECK_S = 1.0
@@ -88,7 +93,9 @@ class Head(NamedTuple):
     body_bytes: int
 
 
-def parse_head(head: bytes, lanes: dict[bytes, int], lane_body_bytes_max: int, body_bytes_max: int) -> Head | None:
+def parse_head(
+    head: bytes, lanes: dict[bytes, int], lane_body_bytes_max: int, relay_body_bytes_max: int
+) -> Head | None:
     """What the front makes of a request with this ``head`` (request line, header lines, empty
     line): a lane request, a request to relay, or None: one to hand over with its connection."""
     line_end = head.find(b"\r\n")
@@ -135,7 +142,7 @@ def parse_head(head: bytes, lanes: dict[bytes, int], lane_body_bytes_max: int, b
         and 0 < body_bytes <= lane_body_bytes_max
     ):
         return Head(lane, keep_alive, content_type, authorization, body_bytes)
-    if body_bytes > body_bytes_max:
+    if body_bytes > relay_body_bytes_max:
         return None
     return Head(-1, keep_alive, b"", b"", body_bytes)
 
@@ -368,11 +375,13 @@ class Connection(asyncio.Protocol):
 class Front:
     """The front process: the listening socket's connections, and the link to the server."""
 
-    def __init__(self, lanes: list[bytes], lane_body_bytes_max: int, body_bytes_max: int, keep_alive_s: float) -> None:
+    def __init__(
+        self, lanes: list[bytes], lane_body_bytes_max: int, relay_body_bytes_max: int, keep_alive_s: float
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.lanes = {path: number for number, path in enumerate(lanes)}
         self.lane_body_bytes_max = lane_body_bytes_max
-        self.body_bytes_max = body_bytes_max
+        self.relay_body_bytes_max = relay_body_bytes_max
         self.keep_alive_s = keep_alive_s
         self.connections: dict[int, Connection] = {}
         self.stopping = False
@@ -388,7 +397,7 @@ class Front:
         heads = self._heads
         if head in heads:
             return heads[head]
-        parsed = parse_head(head, self.lanes, self.lane_body_bytes_max, self.body_bytes_max)
+        parsed = parse_head(head, self.lanes, self.lane_body_bytes_max, self.relay_body_bytes_max)
         if len(head) <= REMEMBERED_HEAD_BYTES_MAX:
             if len(heads) >= REMEMBERED_HEADS_MAX:
                 heads.clear()
@@ -455,7 +464,7 @@ async def _serve(arguments: argparse.Namespace) -> None:
     front = Front(
         [path.encode("ascii") for path in arguments.lane],
         arguments.lane_body_bytes_max,
-        arguments.body_bytes_max,
+        arguments.relay_body_bytes_max,
         arguments.keep_alive_s,
     )
     await front.start(listening, link)
@@ -470,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-fd", type=int, required=True, help="The link to the server's descriptor.")
     parser.add_argument("--lane", action="append", default=[], help="A lane's path, in the server's lane order.")
     parser.add_argument("--lane-body-bytes-max", type=int, default=16 * 1024, help="Largest lane request body.")
-    parser.add_argument("--body-bytes-max", type=int, default=1024 * 1024, help="Largest relayed request body.")
+    parser.add_argument(
+        "--relay-body-bytes-max", type=int, default=RELAY_BODY_BYTES_MAX, help="Largest relayed request body."
+    )
     parser.add_argument("--keep-alive-s", type=float, default=5.0)
     arguments = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us (STOP), not Ctrl-C's group signal

@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from micropay.api.direct import BODY_BYTES_MAX, DirectLanes, Headers, Lane
+from micropay.cli.front import RELAY_BODY_BYTES_MAX
 from micropay.cli.front_wire import (
     ANSWER,
     ANSWER_FIELDS,
@@ -400,8 +401,8 @@ class Fronts:
                 str(theirs.fileno()),
                 "--lane-body-bytes-max",
                 str(min(BODY_BYTES_MAX, self._body_bytes_max)),
-                "--body-bytes-max",
-                str(self._body_bytes_max),
+                "--relay-body-bytes-max",
+                str(min(RELAY_BODY_BYTES_MAX, self._body_bytes_max)),
                 "--keep-alive-s",
                 str(keep_alive_s),
             ]
