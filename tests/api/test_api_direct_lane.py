@@ -472,3 +472,32 @@ def test_a_front_keeps_the_connections_it_reads_and_hands_over_the_rest(servers:
     answers, _ = _exchange(lane_server.port, _request(keys.admin, _transfer("handed-over"), version="1.0"))
     assert answers[0][0].split(b" ")[1] == b"201"
     assert lane_server.fronts.handed_over == handed_over + 1
+
+
+def test_many_pipelined_requests_are_answered_in_order(servers: Servers, lane_engine: Engine) -> None:
+    lane_server, _, keys = servers
+    _verify_keys(lane_server, keys)
+    ids = [f"pipelined-many-{index}" for index in range(60)]
+    raw = b"".join(_request(keys.admin, _transfer(transfer_id)) for transfer_id in ids)
+    raw += _get(keys.admin, f"/v1/transfers/{ids[0]}")
+    answers, _ = _exchange(lane_server.port, raw, len(ids) + 1)
+    assert [orjson.loads(body)["id"] for _, body in answers] == [*ids, ids[0]]
+    assert {head.split(b" ")[1] for head, _ in answers[:-1]} == {b"201"}
+
+
+def test_a_client_gone_before_its_answer_leaves_the_transfer_made_and_others_served(
+    servers: Servers, lane_engine: Engine
+) -> None:
+    lane_server, _, keys = servers
+    _verify_keys(lane_server, keys)
+    busy = lane_engine.submit(lambda _ctx: time.sleep(0.3))  # the engine is busy: the transfer waits
+    with socket.create_connection(("127.0.0.1", lane_server.port), timeout=READ_S_MAX) as sock:
+        sock.sendall(_request(keys.admin, _transfer("left-early")))
+        time.sleep(0.05)
+    busy.result(timeout=READ_S_MAX)
+    deadline = time.monotonic() + READ_S_MAX
+    while lane_engine.transfer("left-early") is None:
+        assert time.monotonic() < deadline, "the transfer of a client that left was not made"
+        time.sleep(0.01)
+    answers, _ = _exchange(lane_server.port, _request(keys.admin, _transfer("after-left-early")))
+    assert answers[0][0].split(b" ")[1] == b"201"
