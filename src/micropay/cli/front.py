@@ -59,6 +59,7 @@ from micropay.cli.front_wire import (
     frame,
     frames,
 )
+from micropay.cli.runtime import tune_garbage_collector
 
 HEAD_BYTES_MAX = 8192
 """Longest request head read here (a longer one is handed over, and the server decides)."""
@@ -486,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us (STOP), not Ctrl-C's group signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_garbage_collector()
     import uvloop
 
     uvloop.run(_serve(arguments))

@@ -288,16 +288,21 @@ class Link:
             self._close()
             return
         for kind, number, payload in received_frames:
-            if kind == LANE:
-                self._lane_request(number, payload)
-            elif kind == RELAY:
-                self._relay(number, payload)
-            elif kind == HAND_OVER:
-                self._adopt(payload)
-            else:
+            if kind not in (LANE, RELAY, HAND_OVER):
                 logger.error("front link: unknown frame kind %d; closing the link", kind)
                 self._close()
                 return
+            try:
+                if kind == LANE:
+                    self._lane_request(number, payload)
+                elif kind == RELAY:
+                    self._relay(number, payload)
+                else:
+                    self._adopt(payload)
+            except Exception:  # one request's fault: its connection closes, the others go on
+                logger.exception("serving a request from a front failed; its connection is closed")
+                if kind != HAND_OVER:
+                    self.answer(number, b"", keep_alive=False)
 
     def _relay(self, number: int, request: bytes) -> None:
         """Answer ``request`` with the server's own protocol, its answer going to the front."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from micropay.api.app import MicropayApi
 from micropay.api.keys import issue_key, verify_key
 from micropay.cli.front_link import Fronts
 from micropay.cli.protocol import http_protocol
+from micropay.cli.runtime import tune_garbage_collector
 from micropay.engine import Engine
 
 ADMIN_KEY_FILE_MODE = 0o600
@@ -197,22 +197,6 @@ switch interval, 0.5 ms, looked better once and worse in alternating runs: left 
 GRACEFUL_SHUTDOWN_S = 30
 """Longest a stopping server waits for requests in flight before it closes their connections;
 the engine then still finishes what was queued, so nothing acknowledged is lost."""
-
-GC_THRESHOLDS = (20_000, 20, 20)
-"""The cyclic collector's thresholds while serving (Python's defaults: 700, 10, 10).
-
-Every request allocates hundreds of short-lived containers (a batch of 8190 transfers, some
-hundred thousand) that mostly die by reference counting; at the defaults the collector keeps
-rescanning them and promoting what is still in flight. Measured under the HTTP benchmark at the
-defaults: 2 500 young collections and 20 full ones (66 ms each, stalling every request) in 12 s."""
-
-
-def tune_garbage_collector() -> None:
-    """Freeze what startup made (modules, the recovered ledger: never garbage, never rescanned)
-    and collect less often. Reference counting still frees everything acyclic at once."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _exit_after_graceful_stop(signum: int, _frame: FrameType | None) -> None:
