@@ -99,8 +99,12 @@ def test_charge_many_answers_and_books_what_one_operation_per_charge_does(
 ) -> None:
     directory = Path(tempfile.mkdtemp(prefix="micropay-charge-many-"))
     clock = Clock()
-    alone, grouped = build(directory / "alone.db", clock), build(directory / "grouped.db", clock)
+    worlds: list[World] = []
     try:
+        alone = build(directory / "alone.db", clock)
+        worlds.append(alone)
+        grouped = build(directory / "grouped.db", clock)
+        worlds.append(grouped)
         clock.advance(later_s)  # past the sooner grant's expiry, or not
         one_by_one: list[tuple[Any, ...]] = []
         for request in requests:
@@ -118,8 +122,8 @@ def test_charge_many_answers_and_books_what_one_operation_per_charge_does(
         for world in (alone, grouped):
             world.check_books()
     finally:
-        alone.close()
-        grouped.close()
+        for world in worlds:
+            world.close()
         shutil.rmtree(directory, ignore_errors=True)
 
 
