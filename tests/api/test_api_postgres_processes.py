@@ -52,13 +52,15 @@ def _stop_all(servers: list[Server]) -> None:
             server.process.wait()
 
 
-def _start_servers(count: int, db_url: str, key_file: Path, log: IO[str]) -> list[Server]:
+def _start_servers(count: int, db_url: str, key_file: Path, log: IO[str], *, fronts: bool = False) -> list[Server]:
     """Start ``count`` servers one after another (the first creates the admin key file the
-    others then read); if one fails to start, stop those already running."""
+    others then read); if one fails to start, stop those already running. With ``fronts``,
+    every second server runs behind a front process (``--front-processes 1``)."""
     servers: list[Server] = []
     try:
-        for _ in range(count):
-            servers.append(_start(db_url, key_file, log))
+        for index in range(count):
+            extra_args = ["--front-processes", "1"] if fronts and index % 2 else []
+            servers.append(_start(db_url, key_file, log, extra_args))
     except BaseException:
         _stop_all(servers)
         raise
@@ -170,7 +172,7 @@ def _balances(http: httpx2.Client) -> dict[str, tuple[int, int]]:
 def test_four_server_processes_and_32_clients_keep_every_invariant(
     postgres_url: str, tmp_path: Path, log: IO[str]
 ) -> None:
-    servers = _start_servers(SERVERS, postgres_url, tmp_path / "admin.key", log)
+    servers = _start_servers(SERVERS, postgres_url, tmp_path / "admin.key", log, fronts=True)
     try:
         key = (tmp_path / "admin.key").read_text().strip()
         _set_up(servers[0], key)

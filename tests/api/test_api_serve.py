@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,21 @@ class Server:
     lines: list[str]
 
 
-def _start(db_url: str, key_file: Path, log: IO[str]) -> Server:
+def _start(db_url: str, key_file: Path, log: IO[str], extra_args: Sequence[str] = ()) -> Server:
     process = subprocess.Popen(
-        [MICROPAY, "serve", "--db", db_url, "--host", "127.0.0.1", "--port", "0", "--admin-key-file", str(key_file)],
+        [
+            MICROPAY,
+            "serve",
+            "--db",
+            db_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-key-file",
+            str(key_file),
+            *extra_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
