@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from micropay.engine.memory import DocumentCache
 from micropay.errors import StoreError, StoreSchemaError
 from micropay.ledger import Journal
-from micropay.models.metering import USAGE_EVENT
+from micropay.models.metering import USAGE_EVENT, USAGE_EVENT_BY_PAYER
 from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore
 from micropay.store.base import Document
 from micropay.store.record_log import RecordColumns, RecordIndex, SortedIds, decode_header, encode_records
-from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, migration_statements
+from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, migration_statements, migration_steps
 
 OTHER = "payer"  # a kind kept in the documents table
 
@@ -40,8 +40,8 @@ def _rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
         return db.execute(sql).fetchall()
 
 
-def test_the_logged_kinds_are_the_charge_records_and_the_usage_events() -> None:
-    assert {CHARGE, USAGE_EVENT} == LOGGED_KINDS
+def test_the_logged_kinds_are_the_charge_records_the_usage_events_and_their_buckets() -> None:
+    assert {CHARGE, USAGE_EVENT, USAGE_EVENT_BY_PAYER} == LOGGED_KINDS
     assert OTHER not in LOGGED_KINDS
 
 
@@ -127,6 +127,32 @@ def test_opening_a_version_1_database_moves_its_logged_documents_into_the_record
         assert store.read_document(OTHER, "p") == b"pay"
         _write(store, Document(CHARGE, "c0", b"zero"))
         assert [document_id for document_id, _ in store.list_documents(CHARGE, None, 10)] == ["c0", "c1", "c2"]
+    finally:
+        store.close()
+    assert _rows(db_path, "SELECT kind, id FROM documents") == [(OTHER, "p")]
+
+
+def test_opening_a_version_2_database_moves_its_usage_event_buckets_into_the_record_log(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        for statement in migration_statements("sqlite", 0):
+            db.execute(statement)
+        for step in migration_steps("sqlite", 1):  # its data step has nothing to move yet
+            if isinstance(step, str):
+                db.execute(step)
+        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '2')")
+        db.executemany(
+            "INSERT INTO documents (kind, id, body) VALUES (?, ?, ?)",
+            [
+                (USAGE_EVENT_BY_PAYER, "p1:02", b'["e2"]'),
+                (USAGE_EVENT_BY_PAYER, "p1:01", b'["e1"]'),
+                (OTHER, "p", b"x"),
+            ],
+        )
+    store = SQLiteStore(db_path)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.list_documents(USAGE_EVENT_BY_PAYER, None, 10) == [("p1:01", b'["e1"]'), ("p1:02", b'["e2"]')]
+        assert store.read_document(OTHER, "p") == b"x"
     finally:
         store.close()
     assert _rows(db_path, "SELECT kind, id FROM documents") == [(OTHER, "p")]

@@ -72,9 +72,12 @@ class LogDocuments:
 
 Step = Table | Index | Row | LogDocuments
 
-LOGGED_KINDS: frozenset[str] = frozenset({"usage_event", "charge"})
+_LOGGED_SINCE_2: frozenset[str] = frozenset({"usage_event", "charge"})
+_LOGGED_SINCE_3: frozenset[str] = frozenset({"usage_event_by_payer"})
+LOGGED_KINDS: frozenset[str] = _LOGGED_SINCE_2 | _LOGGED_SINCE_3
 """Document kinds a SQLite database keeps in its record log rather than its documents table
-(``record_log``): written at the rate of payments, under random ids. Part of the schema: a
+(``record_log``): written at the rate of payments, under random ids (charge records, usage
+events, and the buckets of a payer's usage events, one per payer a batch). Part of the schema: a
 database keeps every document of a kind in one place, so a change here needs a migration."""
 
 _BALANCES = tuple(
@@ -156,7 +159,12 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             ("seq",),
             dialects=SQLITE,
         ),
-        LogDocuments(LOGGED_KINDS, dialects=SQLITE),
+        LogDocuments(_LOGGED_SINCE_2, dialects=SQLITE),
+    ),
+    (
+        # SQLite: a payer's usage-event buckets join the record log (written once, one per
+        # payer a batch: in the documents table, a random leaf each).
+        LogDocuments(_LOGGED_SINCE_3, dialects=SQLITE),
     ),
 )
 
