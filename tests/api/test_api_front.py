@@ -8,24 +8,23 @@ a front against the same app without lanes.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httptools
 import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_api_serve import _start
 
 from micropay.cli.front import Head, parse_head
 
-MICROPAY = str(Path(sys.executable).with_name("micropay"))
-STARTUP_S_MAX = 30.0
 EXIT_S_MAX = 15.0
 LANES = {b"/v1/transfers": 0, b"/v1/charges": 1}
 LANE_BODY_MAX = 16 * 1024
@@ -202,39 +201,18 @@ def test_what_the_front_forwards_the_server_parser_reads_the_same(
 
 
 # ----------------------------------------------------------------- processes
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], str, str]:
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[IO[str]]:
+    with open(tmp_path / "server.log", "w", encoding="utf-8") as handle:
+        yield handle
+
+
+def _serve_with_front(tmp_path: Path, log: IO[str]) -> tuple[subprocess.Popen[str], str, str]:
+    """``micropay serve --front-processes 1`` on a fresh SQLite file: the process, its URL and
+    its admin key."""
     key_file = tmp_path / "admin.key"
-    process = subprocess.Popen(
-        [
-            MICROPAY,
-            "serve",
-            "--db",
-            f"sqlite:///{tmp_path / 'front.db'}",
-            "--port",
-            "0",
-            "--admin-key-file",
-            str(key_file),
-            "--front-processes",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + STARTUP_S_MAX
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if line.startswith("Front processes: 1"):
-            match = re.search(r"listening on (http://\S+)", "\n".join(lines))
-            assert match, lines
-            return process, match.group(1), key_file.read_text().strip()
-    process.kill()
-    raise AssertionError(f"server did not start: {lines}")
+    server = _start(f"sqlite:///{tmp_path / 'front.db'}", key_file, log, ["--front-processes", "1"])
+    return server.process, server.url, key_file.read_text().strip()
 
 
 def _front_pid(server: subprocess.Popen[str]) -> int:
@@ -267,8 +245,8 @@ def _port_free(url: str) -> bool:
     return True
 
 
-def test_a_served_front_answers_and_stops_with_its_server(tmp_path: Path) -> None:
-    server, url, key = _start(tmp_path)
+def test_a_served_front_answers_and_stops_with_its_server(tmp_path: Path, log: IO[str]) -> None:
+    server, url, key = _serve_with_front(tmp_path, log)
     front = _front_pid(server)
     try:
         headers = {"Authorization": f"Bearer {key}"}
@@ -290,8 +268,8 @@ def test_a_served_front_answers_and_stops_with_its_server(tmp_path: Path) -> Non
             server.wait()
 
 
-def test_a_front_exits_when_its_server_is_killed(tmp_path: Path) -> None:
-    server, url, _ = _start(tmp_path)
+def test_a_front_exits_when_its_server_is_killed(tmp_path: Path, log: IO[str]) -> None:
+    server, url, _ = _serve_with_front(tmp_path, log)
     front = _front_pid(server)
     server.kill()
     server.wait()
@@ -299,14 +277,13 @@ def test_a_front_exits_when_its_server_is_killed(tmp_path: Path) -> None:
     assert _port_free(url)
 
 
-def test_a_server_whose_front_dies_stops_and_says_so(tmp_path: Path) -> None:
-    server, url, _ = _start(tmp_path)
+def test_a_server_whose_front_dies_stops_and_says_so(tmp_path: Path, log: IO[str]) -> None:
+    server, url, _ = _serve_with_front(tmp_path, log)
     front = _front_pid(server)
     os.kill(front, signal.SIGKILL)
     try:
         assert server.wait(timeout=30) == 1
-        assert server.stdout is not None
-        assert "a front process exited" in server.stdout.read()
+        assert "a front process exited" in (tmp_path / "server.log").read_text(encoding="utf-8")
         assert _port_free(url)
     finally:
         if server.poll() is None:
