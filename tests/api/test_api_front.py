@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from test_api_serve import _start
 
 from micropay.cli.front import Head, parse_head
+from micropay.cli.front_link import RESTARTS_MAX
 
 EXIT_S_MAX = 15.0
 LANES = {b"/v1/transfers": 0, b"/v1/charges": 1}
@@ -277,13 +278,46 @@ def test_a_front_exits_when_its_server_is_killed(tmp_path: Path, log: IO[str]) -
     assert _port_free(url)
 
 
-def test_a_server_whose_front_dies_stops_and_says_so(tmp_path: Path, log: IO[str]) -> None:
-    server, url, _ = _serve_with_front(tmp_path, log)
-    front = _front_pid(server)
-    os.kill(front, signal.SIGKILL)
+def _replaced(server: subprocess.Popen[str], pid: int) -> int:
+    """The front process started in place of ``pid`` (which is gone)."""
+    _wait_gone(pid)
+    deadline = time.monotonic() + EXIT_S_MAX
+    while True:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        if children and int(children[0]) != pid:
+            return int(children[0])
+        assert time.monotonic() < deadline, "no front process was started in place of the one that died"
+        time.sleep(0.05)
+
+
+def test_a_front_that_dies_is_replaced_and_the_server_goes_on(tmp_path: Path, log: IO[str]) -> None:
+    server, url, key = _serve_with_front(tmp_path, log)
     try:
+        front = _front_pid(server)
+        os.kill(front, signal.SIGKILL)
+        _replaced(server, front)
+        with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            assert client.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
+        assert server.poll() is None
+        assert "starting another" in (tmp_path / "server.log").read_text(encoding="utf-8")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_a_server_whose_fronts_keep_dying_stops_and_says_so(tmp_path: Path, log: IO[str]) -> None:
+    server, url, _ = _serve_with_front(tmp_path, log)
+    try:
+        front = _front_pid(server)
+        for _ in range(RESTARTS_MAX):
+            os.kill(front, signal.SIGKILL)
+            front = _replaced(server, front)
+        os.kill(front, signal.SIGKILL)  # one exit more than the window admits
         assert server.wait(timeout=30) == 1
-        assert "a front process exited" in (tmp_path / "server.log").read_text(encoding="utf-8")
+        assert "front processes kept exiting" in (tmp_path / "server.log").read_text(encoding="utf-8")
         assert _port_free(url)
     finally:
         if server.poll() is None:

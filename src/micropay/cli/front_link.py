@@ -8,8 +8,9 @@ lane declines is sent back declined, and the front hands its connection over. A 
 connection is adopted: the server's own HTTP protocol is made for it as uvicorn makes one for a
 connection it accepts, and reads the bytes the front had read first.
 
-A front that dies takes its connections with it; the server then stops (a supervisor restarts
-it), rather than go on with nobody accepting connections.
+A front that dies takes its connections with it, and another is started in its place; fronts that
+keep dying (more than ``RESTARTS_MAX`` exits within ``RESTART_WINDOW_S``) stop the server, rather
+than have it go on restarting them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
@@ -51,6 +53,10 @@ logger = logging.getLogger("micropay.front")
 
 FRONT_PROCESSES_MAX = 8
 STOP_S_MAX = 30.0
+RESTARTS_MAX = 5
+RESTART_WINDOW_S = 60.0
+"""A front that exits is replaced, up to ``RESTARTS_MAX`` times within this window; one more
+exit in it stops the server."""
 """Longest the server waits for a stopping front to answer what it has in flight and exit."""
 START_S_MAX = 30.0
 _DESCRIPTORS_PER_READ_MAX = 8
@@ -372,7 +378,9 @@ class Link:
 
 
 class Fronts:
-    """The front processes of one server and their links."""
+    """The front processes of one server and their links. A front that exits while serving is
+    replaced (its connections are lost with it, as with any crash; what the server acknowledged
+    is durable); after ``RESTARTS_MAX`` exits within ``RESTART_WINDOW_S``, the server stops."""
 
     def __init__(self, listening: socket.socket, count: int, lanes: DirectLanes, body_bytes_max: int) -> None:
         if not 1 <= count <= FRONT_PROCESSES_MAX:
@@ -383,6 +391,10 @@ class Fronts:
         self._body_bytes_max = body_bytes_max
         self._processes: list[subprocess.Popen[bytes]] = []
         self._links: list[Link] = []
+        self._serving: _Serving | None = None
+        self._exits: deque[float] = deque()
+        self._handed_over_before = 0
+        self.restarts = 0
 
     def start(
         self,
@@ -392,43 +404,86 @@ class Fronts:
         keep_alive_s: float,
         on_lost: Callable[[], None],
     ) -> None:
-        """Start the processes (in the running loop, once the app is ready to serve)."""
+        """Start the processes (in the running loop, once the app is ready to serve);
+        ``on_lost`` is called if they keep exiting."""
+        self._serving = _Serving(create_protocol, server_state, app_state, keep_alive_s, on_lost)
+        for slot in range(self._count):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        serving = self._serving
+        if serving is None:
+            raise RuntimeError("front processes spawned before start")
         address = self._listening.getsockname()
-        for _ in range(self._count):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            command = [
-                sys.executable,
-                "-m",
-                "micropay.cli.front",
-                "--listen-fd",
-                str(self._listening.fileno()),
-                "--link-fd",
-                str(theirs.fileno()),
-                "--lane-body-bytes-max",
-                str(min(BODY_BYTES_MAX, self._body_bytes_max)),
-                "--relay-body-bytes-max",
-                str(min(RELAY_BODY_BYTES_MAX, self._body_bytes_max)),
-                "--keep-alive-s",
-                str(keep_alive_s),
-            ]
-            for lane in self._lanes:
-                command += ["--lane", lane.path]
-            try:
-                process = subprocess.Popen(command, pass_fds=(self._listening.fileno(), theirs.fileno()))
-            finally:
-                theirs.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        command = [
+            sys.executable,
+            "-m",
+            "micropay.cli.front",
+            "--listen-fd",
+            str(self._listening.fileno()),
+            "--link-fd",
+            str(theirs.fileno()),
+            "--lane-body-bytes-max",
+            str(min(BODY_BYTES_MAX, self._body_bytes_max)),
+            "--relay-body-bytes-max",
+            str(min(RELAY_BODY_BYTES_MAX, self._body_bytes_max)),
+            "--keep-alive-s",
+            str(serving.keep_alive_s),
+        ]
+        for lane in self._lanes:
+            command += ["--lane", lane.path]
+        try:
+            process = subprocess.Popen(command, pass_fds=(self._listening.fileno(), theirs.fileno()))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        link = Link(
+            ours,
+            self._lanes,
+            serving.create_protocol,
+            serving.server_state,
+            serving.app_state,
+            (str(address[0]), int(address[1])),
+            lambda _link: self._lost(slot),
+        )
+        if slot < len(self._processes):
+            self._processes[slot] = process
+            self._handed_over_before += self._links[slot].handed_over
+            self._links[slot] = link
+        else:
             self._processes.append(process)
-            self._links.append(
-                Link(
-                    ours,
-                    self._lanes,
-                    create_protocol,
-                    server_state,
-                    app_state,
-                    (str(address[0]), int(address[1])),
-                    lambda _link: on_lost(),
-                )
+            self._links.append(link)
+
+    def _lost(self, slot: int) -> None:
+        """The front in ``slot`` closed its link while serving: it exited (or is made to)."""
+        serving = self._serving
+        if serving is None:
+            return
+        process = self._processes[slot]
+        if process.poll() is None:
+            process.kill()
+        status = process.wait()
+        now_s = time.monotonic()
+        exits = self._exits
+        exits.append(now_s)
+        while exits and exits[0] < now_s - RESTART_WINDOW_S:
+            exits.popleft()
+        if len(exits) > RESTARTS_MAX:
+            logger.error(
+                "front process %d exited (status %s), the %d. within %g s: not starting another",
+                process.pid,
+                status,
+                len(exits),
+                RESTART_WINDOW_S,
             )
+            serving.on_lost()
+            return
+        logger.error("front process %d exited (status %s); starting another", process.pid, status)
+        self.restarts += 1
+        self._spawn(slot)
 
     async def stop(self) -> None:
         """Have every front answer what it has in flight and exit (killed past ``STOP_S_MAX``)."""
@@ -454,7 +509,19 @@ class Fronts:
     @property
     def handed_over(self) -> int:
         """Connections the fronts have handed over to this process so far."""
-        return sum(link.handed_over for link in self._links)
+        return self._handed_over_before + sum(link.handed_over for link in self._links)
 
-    def alive(self) -> bool:
-        return all(process.poll() is None for process in self._processes)
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """What starting a front process needs of the running server."""
+
+    create_protocol: ProtocolFactory
+    server_state: Any
+    app_state: dict[str, Any]
+    keep_alive_s: float
+    on_lost: Callable[[], None]

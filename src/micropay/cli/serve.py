@@ -106,7 +106,7 @@ class MicropayServer(uvicorn.Server):
         return protocol
 
     def _lost(self) -> None:
-        logging.getLogger("micropay.front").error("a front process exited; the server stops")
+        logging.getLogger("micropay.front").error("front processes keep exiting; the server stops")
         self.front_lost = True
         self.should_exit = True
 
@@ -166,7 +166,7 @@ def run_server(
         server = MicropayServer(config, note, listening, fronts)
         server.run()
         if server.front_lost:
-            raise FrontLost("a front process exited, and with it the connections it held")
+            raise FrontLost("front processes kept exiting (see the log above); the server stopped")
     finally:
         if listening is not None:
             listening.close()
@@ -183,7 +183,7 @@ class FrontsUnavailable(Exception):
 
 
 class FrontLost(Exception):
-    """A front process exited while serving: the server stopped (a supervisor restarts it)."""
+    """Front processes kept exiting while serving: the server stopped (a supervisor restarts it)."""
 
 
 SERVE_BATCH_WINDOW_S = 0.0
