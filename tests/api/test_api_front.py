@@ -208,12 +208,21 @@ def log(tmp_path: Path) -> Iterator[IO[str]]:
         yield handle
 
 
-def _serve_with_front(tmp_path: Path, log: IO[str]) -> tuple[subprocess.Popen[str], str, str]:
+Served = tuple[subprocess.Popen[str], str, str]
+
+
+@pytest.fixture
+def served(tmp_path: Path, log: IO[str]) -> Iterator[Served]:
     """``micropay serve --front-processes 1`` on a fresh SQLite file: the process, its URL and
-    its admin key."""
+    its admin key; killed on the way out if a test left it running."""
     key_file = tmp_path / "admin.key"
     server = _start(f"sqlite:///{tmp_path / 'front.db'}", key_file, log, ["--front-processes", "1"])
-    return server.process, server.url, key_file.read_text().strip()
+    try:
+        yield server.process, server.url, key_file.read_text().strip()
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
 
 
 def _front_pid(server: subprocess.Popen[str]) -> int:
@@ -246,31 +255,26 @@ def _port_free(url: str) -> bool:
     return True
 
 
-def test_a_served_front_answers_and_stops_with_its_server(tmp_path: Path, log: IO[str]) -> None:
-    server, url, key = _serve_with_front(tmp_path, log)
+def test_a_served_front_answers_and_stops_with_its_server(served: Served) -> None:
+    server, url, key = served
     front = _front_pid(server)
-    try:
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx2.Client(base_url=url, headers=headers, timeout=30) as client:
-            assert client.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
-            for account in ("a", "b"):
-                assert client.post("/v1/accounts", json={"id": account, "ledger": "USD"}).status_code == 201
-            transfer = {"id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "ledger": "USD"}
-            assert client.post("/v1/transfers", json=transfer).status_code == 201
-            assert client.post("/v1/transfers", json=transfer).status_code == 200
-            assert client.get("/v1/accounts/b").json()["balance"] == 5
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        _wait_gone(front)
-        assert _port_free(url)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx2.Client(base_url=url, headers=headers, timeout=30) as client:
+        assert client.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
+        for account in ("a", "b"):
+            assert client.post("/v1/accounts", json={"id": account, "ledger": "USD"}).status_code == 201
+        transfer = {"id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "ledger": "USD"}
+        assert client.post("/v1/transfers", json=transfer).status_code == 201
+        assert client.post("/v1/transfers", json=transfer).status_code == 200
+        assert client.get("/v1/accounts/b").json()["balance"] == 5
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    _wait_gone(front)
+    assert _port_free(url)
 
 
-def test_a_front_exits_when_its_server_is_killed(tmp_path: Path, log: IO[str]) -> None:
-    server, url, _ = _serve_with_front(tmp_path, log)
+def test_a_front_exits_when_its_server_is_killed(served: Served) -> None:
+    server, url, _ = served
     front = _front_pid(server)
     server.kill()
     server.wait()
@@ -290,36 +294,26 @@ def _replaced(server: subprocess.Popen[str], pid: int) -> int:
         time.sleep(0.05)
 
 
-def test_a_front_that_dies_is_replaced_and_the_server_goes_on(tmp_path: Path, log: IO[str]) -> None:
-    server, url, key = _serve_with_front(tmp_path, log)
-    try:
-        front = _front_pid(server)
+def test_a_front_that_dies_is_replaced_and_the_server_goes_on(served: Served, tmp_path: Path) -> None:
+    server, url, key = served
+    front = _front_pid(server)
+    os.kill(front, signal.SIGKILL)
+    _replaced(server, front)
+    with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        assert client.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
+    assert server.poll() is None
+    assert "starting another" in (tmp_path / "server.log").read_text(encoding="utf-8")
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+
+
+def test_a_server_whose_fronts_keep_dying_stops_and_says_so(served: Served, tmp_path: Path) -> None:
+    server, url, _ = served
+    front = _front_pid(server)
+    for _ in range(RESTARTS_MAX):
         os.kill(front, signal.SIGKILL)
-        _replaced(server, front)
-        with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-            assert client.post("/v1/ledgers", json={"code": "USD", "scale": 2}).status_code == 201
-        assert server.poll() is None
-        assert "starting another" in (tmp_path / "server.log").read_text(encoding="utf-8")
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
-def test_a_server_whose_fronts_keep_dying_stops_and_says_so(tmp_path: Path, log: IO[str]) -> None:
-    server, url, _ = _serve_with_front(tmp_path, log)
-    try:
-        front = _front_pid(server)
-        for _ in range(RESTARTS_MAX):
-            os.kill(front, signal.SIGKILL)
-            front = _replaced(server, front)
-        os.kill(front, signal.SIGKILL)  # one exit more than the window admits
-        assert server.wait(timeout=30) == 1
-        assert "front processes kept exiting" in (tmp_path / "server.log").read_text(encoding="utf-8")
-        assert _port_free(url)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        front = _replaced(server, front)
+    os.kill(front, signal.SIGKILL)  # one exit more than the window admits
+    assert server.wait(timeout=30) == 1
+    assert "front processes kept exiting" in (tmp_path / "server.log").read_text(encoding="utf-8")
+    assert _port_free(url)

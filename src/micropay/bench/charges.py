@@ -334,6 +334,7 @@ def run_http(
 ) -> None:
     port = free_port()
     server, key = start_server(directory, port, front_arguments(front_processes))
+    report.figure("http_front_processes", front_processes, "1")
     try:
         _setup_http(port, key, payers, merchants)
         elapsed, clients = asyncio.run(_load(port, key, connections, duration_s, payers, merchants))

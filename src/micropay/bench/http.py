@@ -194,6 +194,7 @@ def bench_http(
                 f"{servers} server process(es), {front_processes} front process(es) each,"
                 f" on {db.split('@')[-1] if db else 'a fresh SQLite file'}"
             )
+            report.figure("front_processes", front_processes, "1")
             cpu_before = _cpu_s(started)
             single = run_load(ports, key, "single", connections, duration_s, accounts)
             cpu_after = _cpu_s(started)
