@@ -88,7 +88,7 @@ def _serve(
     if listening is not None:
         assert lane is not None
         fronts = Fronts(listening, 1, lane, Settings().body_bytes_max)
-    server = MicropayServer(config, None, listening, fronts)
+    server = MicropayServer(config, None, fronts)
     thread = threading.Thread(target=server.run, name="lane-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_S_MAX

@@ -4,9 +4,10 @@
 to each. A lane request arriving on a link goes to the lane it names, as the HTTP protocol
 would offer it (``Lane.take``); its answer (``FrontReply``) is made exactly as the protocol
 makes it and sent back, coalesced with the turn's other answers into one write. A request the
-lane declines is sent back declined, and the front hands its connection over. A handed-over
-connection is adopted: the server's own HTTP protocol is made for it as uvicorn makes one for a
-connection it accepts, and reads the bytes the front had read first.
+lane declines, and any other request a front relays, is answered by the server's own HTTP
+protocol over an in-memory transport (``RelayTransport``): the connection stays with the front.
+A handed-over connection is adopted: the server's own HTTP protocol is made for it as uvicorn
+makes one for a connection it accepts, and reads the bytes the front had read first.
 
 A front that dies takes its connections with it, and another is started in its place; fronts that
 keep dying (more than ``RESTARTS_MAX`` exits within ``RESTART_WINDOW_S``) stop the server, rather
@@ -53,15 +54,25 @@ logger = logging.getLogger("micropay.front")
 
 FRONT_PROCESSES_MAX = 8
 STOP_S_MAX = 30.0
+"""Longest the server waits for a stopping front to answer what it has in flight and exit."""
 RESTARTS_MAX = 5
 RESTART_WINDOW_S = 60.0
 """A front that exits is replaced, up to ``RESTARTS_MAX`` times within this window; one more
 exit in it stops the server."""
-"""Longest the server waits for a stopping front to answer what it has in flight and exit."""
-START_S_MAX = 30.0
 _DESCRIPTORS_PER_READ_MAX = 8
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """What the fronts' links need of the running server."""
+
+    create_protocol: ProtocolFactory
+    server_state: Any
+    app_state: dict[str, Any]
+    keep_alive_s: float
+    on_lost: Callable[[], None]
 
 
 class FrontReply:
@@ -83,8 +94,9 @@ class FrontReply:
         self._done = True
         link = self._link
         keep_alive = self._keep_alive and not link.stopping
-        link.answer(self._number, response_bytes(response, link.server_state.default_headers, keep_alive), keep_alive)
-        link.server_state.total_requests += 1
+        server_state = link.serving.server_state
+        link.answer(self._number, response_bytes(response, server_state.default_headers, keep_alive), keep_alive)
+        server_state.total_requests += 1
 
     def scope(self) -> Scope:
         """The scope uvicorn would have made for this request (for rendering a refusal)."""
@@ -98,7 +110,7 @@ class FrontReply:
             "scheme": "http",
             "root_path": "",
             "headers": _headers(self._head),
-            "state": dict(link.app_state),
+            "state": dict(link.serving.app_state),
             "method": "POST",
             "path": self._path,
             "raw_path": self._path.encode("ascii"),
@@ -194,17 +206,13 @@ class Link:
         self,
         sock: socket.socket,
         lanes: list[Lane[Any]],
-        create_protocol: ProtocolFactory,
-        server_state: Any,
-        app_state: dict[str, Any],
+        serving: _Serving,
         server_address: tuple[str, int],
-        on_lost: Callable[[Link], None],
+        on_lost: Callable[[], None],
     ) -> None:
         self._sock = sock
         self._lanes = lanes
-        self._create_protocol = create_protocol
-        self.server_state = server_state
-        self.app_state = app_state
+        self.serving = serving
         self.server_address = server_address
         self._on_lost = on_lost
         self._loop = asyncio.get_running_loop()
@@ -312,7 +320,7 @@ class Link:
 
     def _relay(self, number: int, request: bytes) -> None:
         """Answer ``request`` with the server's own protocol, its answer going to the front."""
-        protocol = self._create_protocol()
+        protocol = self.serving.create_protocol()
         if not isinstance(protocol, LaneProtocol):
             raise TypeError("front processes need the lane protocol")
         transport = RelayTransport(self, number, protocol)
@@ -355,7 +363,7 @@ class Link:
         task.add_done_callback(self._adopting.discard)
 
     async def _serve_adopted(self, sock: socket.socket, raw: bytes) -> None:
-        protocol = self._create_protocol()
+        protocol = self.serving.create_protocol()
         protocol.adopted_bytes = raw  # type: ignore[attr-defined]  # read first (see OneWriteHttpToolsProtocol)
         try:
             sock.setblocking(False)
@@ -374,7 +382,7 @@ class Link:
             os.close(self._descriptors.popleft())
         self._sock.close()
         if not self.stopping:
-            self._on_lost(self)
+            self._on_lost()
 
 
 class Fronts:
@@ -383,9 +391,12 @@ class Fronts:
     is durable); after ``RESTARTS_MAX`` exits within ``RESTART_WINDOW_S``, the server stops."""
 
     def __init__(self, listening: socket.socket, count: int, lanes: DirectLanes, body_bytes_max: int) -> None:
+        """Fronts accepting on ``listening``, which they own from now on (``close``)."""
         if not 1 <= count <= FRONT_PROCESSES_MAX:
             raise ValueError(f"front processes: 1 to {FRONT_PROCESSES_MAX}")
         self._listening = listening
+        address = listening.getsockname()
+        self._address = (str(address[0]), int(address[1]))
         self._count = count
         self._lanes = list(lanes)
         self._body_bytes_max = body_bytes_max
@@ -414,7 +425,6 @@ class Fronts:
         serving = self._serving
         if serving is None:
             raise RuntimeError("front processes spawned before start")
-        address = self._listening.getsockname()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         command = [
             sys.executable,
@@ -440,15 +450,7 @@ class Fronts:
             raise
         finally:
             theirs.close()
-        link = Link(
-            ours,
-            self._lanes,
-            serving.create_protocol,
-            serving.server_state,
-            serving.app_state,
-            (str(address[0]), int(address[1])),
-            lambda _link: self._lost(slot),
-        )
+        link = Link(ours, self._lanes, serving, self._address, lambda: self._lost(slot))
         if slot < len(self._processes):
             self._processes[slot] = process
             self._handed_over_before += self._links[slot].handed_over
@@ -501,6 +503,15 @@ class Fronts:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        self.close()
+
+    def close(self) -> None:
+        """Close the listening socket (idempotent)."""
+        self._listening.close()
+
+    @property
+    def port(self) -> int:
+        return self._address[1]
 
     @property
     def count(self) -> int:
@@ -510,18 +521,3 @@ class Fronts:
     def handed_over(self) -> int:
         """Connections the fronts have handed over to this process so far."""
         return self._handed_over_before + sum(link.handed_over for link in self._links)
-
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self._processes]
-
-
-@dataclass(frozen=True, slots=True)
-class _Serving:
-    """What starting a front process needs of the running server."""
-
-    create_protocol: ProtocolFactory
-    server_state: Any
-    app_state: dict[str, Any]
-    keep_alive_s: float
-    on_lost: Callable[[], None]

@@ -78,9 +78,6 @@ def serve_command(
     """Serve the HTTP API (uvicorn with uvloop and httptools) on one database."""
     from micropay.cli.serve import SERVE_BATCH_WINDOW_S, FrontLost, FrontsUnavailable, run_server
 
-    if front_processes and access_log:
-        typer.echo("error: --front-processes serves the direct lanes, which --access-log turns off.", err=True)
-        raise typer.Exit(2)
     engine = _open_engine(db, purpose="point --db at another database.", batch_window_s=SERVE_BATCH_WINDOW_S)
     try:
         run_server(

@@ -53,20 +53,13 @@ def _url(host: str, port: int) -> str:
 class MicropayServer(uvicorn.Server):
     """Prints where it listens once the socket is bound (so ``--port 0`` shows the real port).
 
-    With ``fronts``, uvicorn listens on nothing: the front processes accept on ``listening``
-    (``micropay.cli.front``), and the connections they hand over are served here by the same
-    protocol uvicorn would have made for them."""
+    With ``fronts``, uvicorn listens on nothing: the front processes accept on their listening
+    socket (``micropay.cli.front``), and the connections they hand over are served here by the
+    same protocol uvicorn would have made for them."""
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        admin_key_note: str | None,
-        listening: socket.socket | None = None,
-        fronts: Fronts | None = None,
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, admin_key_note: str | None, fronts: Fronts | None = None) -> None:
         super().__init__(config)
         self._admin_key_note = admin_key_note
-        self._listening = listening
         self._fronts = fronts
         self.front_lost = False
 
@@ -80,8 +73,8 @@ class MicropayServer(uvicorn.Server):
             for bound in server.sockets:
                 port = bound.getsockname()[1]
                 break
-        if fronts is not None and self._listening is not None:
-            port = self._listening.getsockname()[1]
+        if fronts is not None:
+            port = fronts.port
             keep_alive_s = self.config.timeout_keep_alive
             fronts.start(self._create_protocol, self.server_state, self.lifespan.state, keep_alive_s, self._lost)
         url = _url(host, port)
@@ -113,8 +106,6 @@ class MicropayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._fronts is not None:
             await self._fronts.stop()  # they answer what they hold; handed-over connections stay here
-        if self._listening is not None:
-            self._listening.close()
         await super().shutdown(sockets)
 
 
@@ -132,19 +123,18 @@ def run_server(
 
     ``front_processes`` > 0 puts that many front processes (``micropay.cli.front``) between
     the clients and this process; they need the direct lanes (no access log)."""
-    note = ensure_admin_key_file(engine, admin_key_file) if admin_key_file is not None else None
     settings = settings or Settings()
     app = create_app(engine, settings=settings)
     lanes = app.direct_lanes() if isinstance(app, MicropayApi) and not access_log else None
-    listening: socket.socket | None = None
+    if front_processes and lanes is None:  # refused before anything is written or bound
+        raise FrontsUnavailable("front processes serve the direct lanes, which --access-log turns off")
+    note = ensure_admin_key_file(engine, admin_key_file) if admin_key_file is not None else None
     fronts: Fronts | None = None
-    if front_processes:
-        if lanes is None:
-            raise FrontsUnavailable("front processes serve the direct lanes, which the access log turns off")
+    if front_processes and lanes is not None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-        port = listening.getsockname()[1]
         fronts = Fronts(listening, front_processes, lanes, settings.body_bytes_max)
+        port = fronts.port
     config = uvicorn.Config(
         app,
         host=host,
@@ -163,13 +153,13 @@ def run_server(
     previous = {sig: signal.signal(sig, _exit_after_graceful_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_garbage_collector()
     try:
-        server = MicropayServer(config, note, listening, fronts)
+        server = MicropayServer(config, note, fronts)
         server.run()
         if server.front_lost:
             raise FrontLost("front processes kept exiting (see the log above); the server stopped")
     finally:
-        if listening is not None:
-            listening.close()
+        if fronts is not None:
+            fronts.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
