@@ -48,7 +48,7 @@ from micropay.cli.front_wire import (
     frame,
     frames,
 )
-from micropay.cli.protocol import LaneProtocol, response_bytes
+from micropay.cli.protocol import LaneProtocol, lane_scope, response_bytes
 
 logger = logging.getLogger("micropay.front")
 
@@ -101,21 +101,15 @@ class FrontReply:
     def scope(self) -> Scope:
         """The scope uvicorn would have made for this request (for rendering a refusal)."""
         link = self._link
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": link.server_address,
-            "client": None,
-            "scheme": "http",
-            "root_path": "",
-            "headers": _headers(self._head),
-            "state": dict(link.serving.app_state),
-            "method": "POST",
-            "path": self._path,
-            "raw_path": self._path.encode("ascii"),
-            "query_string": b"",
-        }
+        return lane_scope(
+            self._path,
+            self._path.encode("ascii"),
+            _headers(self._head),
+            http_version="1.1",
+            server=link.server_address,
+            client=None,
+            state=link.serving.app_state,
+        )
 
 
 class RelayTransport(asyncio.Transport):

@@ -192,21 +192,50 @@ class LaneCycle:
     def scope(self) -> Scope:
         """The scope uvicorn would have made for this request."""
         protocol = self._protocol
-        return {
-            "type": "http",
-            "asgi": {"version": protocol.asgi_version, "spec_version": "2.3"},
-            "http_version": self._http_version,
-            "server": protocol.server,
-            "client": protocol.client,
-            "scheme": protocol.scheme,
-            "root_path": protocol.root_path,
-            "headers": self._headers,
-            "state": protocol.app_state.copy(),
-            "method": "POST",
-            "path": self._path,
-            "raw_path": self._url,
-            "query_string": b"",
-        }
+        return lane_scope(
+            self._path,
+            self._url,
+            self._headers,
+            http_version=self._http_version,
+            server=protocol.server,
+            client=protocol.client,
+            scheme=protocol.scheme,
+            root_path=protocol.root_path,
+            state=protocol.app_state,
+            asgi_version=protocol.asgi_version,
+        )
+
+
+def lane_scope(
+    path: str,
+    raw_path: bytes,
+    headers: Headers,
+    *,
+    http_version: str,
+    server: tuple[str, int | None] | None,
+    client: tuple[str, int] | None,
+    state: dict[str, Any],
+    scheme: str | None = "http",
+    root_path: str = "",
+    asgi_version: str = "3.0",
+) -> Scope:
+    """The scope uvicorn makes for a lane's request (a ``POST`` without a query string), for
+    rendering a refusal through the app's exception handlers."""
+    return {
+        "type": "http",
+        "asgi": {"version": asgi_version, "spec_version": "2.3"},
+        "http_version": http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "root_path": root_path,
+        "headers": headers,
+        "state": state.copy(),
+        "method": "POST",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": b"",
+    }
 
 
 class LaneProtocol(OneWriteHttpToolsProtocol):
