@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api_serve import _start
 
+from micropay.bench.http import child_pids
 from micropay.cli.front import Head, parse_head
 from micropay.cli.front_link import RESTARTS_MAX
 
@@ -226,9 +227,9 @@ def served(tmp_path: Path, log: IO[str]) -> Iterator[Served]:
 
 
 def _front_pid(server: subprocess.Popen[str]) -> int:
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    children = child_pids(server.pid)
     assert len(children) == 1, children
-    return int(children[0])
+    return children[0]
 
 
 def _gone(pid: int) -> bool:
@@ -287,9 +288,9 @@ def _replaced(server: subprocess.Popen[str], pid: int) -> int:
     _wait_gone(pid)
     deadline = time.monotonic() + EXIT_S_MAX
     while True:
-        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-        if children and int(children[0]) != pid:
-            return int(children[0])
+        children = child_pids(server.pid)
+        if children and children[0] != pid:
+            return children[0]
         assert time.monotonic() < deadline, "no front process was started in place of the one that died"
         time.sleep(0.05)
 

@@ -30,6 +30,7 @@ closed ``--keep-alive-s`` after its last answer. The process exits when the link
 server stopped or died), and on ``STOP`` once what is in flight is answered.
 
     python -m micropay.cli.front --listen-fd N --link-fd M --lane /v1/transfers --lane /v1/charges
+        --lane-body-bytes-max 16384 --relay-body-bytes-max 65536 --keep-alive-s 5
 """
 
 from __future__ import annotations
@@ -479,11 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True, help="The listening socket's descriptor.")
     parser.add_argument("--link-fd", type=int, required=True, help="The link to the server's descriptor.")
     parser.add_argument("--lane", action="append", default=[], help="A lane's path, in the server's lane order.")
-    parser.add_argument("--lane-body-bytes-max", type=int, default=16 * 1024, help="Largest lane request body.")
-    parser.add_argument(
-        "--relay-body-bytes-max", type=int, default=RELAY_BODY_BYTES_MAX, help="Largest relayed request body."
-    )
-    parser.add_argument("--keep-alive-s", type=float, default=5.0)
+    parser.add_argument("--lane-body-bytes-max", type=int, required=True, help="Largest lane request body.")
+    parser.add_argument("--relay-body-bytes-max", type=int, required=True, help="Largest relayed request body.")
+    parser.add_argument("--keep-alive-s", type=float, required=True, help="Idle time before a connection closes.")
     arguments = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us (STOP), not Ctrl-C's group signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
