@@ -11,9 +11,7 @@ The workload: ``payers`` prepay payers (funded), one merchant taking a 1 % fee, 
 unit at 0.0004 of a cent, graduated with a flat fee, packages of 100 rounding up); each event is
 1 to 100 units for a random payer and plan, with a random 16-hex-digit id. After each run the
 books are checked: the ledger invariants hold, and for every payer and plan the month's charges
-add up to floor(price(its total quantity)). After (a), the same events at this machine's floor
-(``micropay.bench.floor``: no checks, per-unit price, one row each): ``floor_events_per_s`` and
-``events_vs_floor``.
+add up to floor(price(its total quantity)).
 """
 
 from __future__ import annotations
@@ -29,14 +27,12 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from micropay.bench.charges import engine_thread_cpu_s
-from micropay.bench.floor import events_floor
 from micropay.bench.http import free_port, start_server, stop_server
 from micropay.bench.report import Reporter
 from micropay.engine import Engine
@@ -64,8 +60,6 @@ FUNDS = 10**10
 IN_FLIGHT_MAX = 4
 """Batches kept queued in front of the engine."""
 QUANTITY_MAX = 100
-FLOOR_UNIT_PRICE = Fraction(4, 10_000)
-"""The floor prices every event as the ``calls`` plan does (per unit, the cheapest model)."""
 
 
 def payer_id(index: int) -> str:
@@ -302,9 +296,6 @@ def bench_metering(
             report.figure("apply_us_per_event", apply_s / events * 1e6, "us")
             report.figure("write_us_per_event", write_s / events * 1e6, "us")
             report.figure("engine_cpu_us_per_event", engine_cpu_s / events * 1e6, "us")
-            floor = events_floor(Path(tmp) / "floor.db", workload, FLOOR_UNIT_PRICE, batch_size)
-            report.figure("floor_events_per_s", floor.per_s, "1/s")
-            report.figure("events_vs_floor", events / elapsed / floor.per_s, "ratio")
             report.note(
                 f"{tally.charged:,} charged, {tally.declined:,} declined; "
                 f"{checked:,} payer-plan usages add up to floor(price(total))"

@@ -1,0 +1,52 @@
+"""``micropay bench charges`` and ``micropay bench metering`` in process, at a tiny scale: they
+run, check their books (a failed check raises), leave no files, and report their figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from micropay.bench.charges import bench_charges
+from micropay.bench.metering import bench_metering
+from micropay.bench.report import Reporter
+
+
+def _figures(capsys: pytest.CaptureFixture[str]) -> dict[str, float]:
+    return {line["metric"]: line["value"] for line in map(orjson.loads, capsys.readouterr().out.splitlines())}
+
+
+def test_bench_charges_in_process_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench_charges(
+        Reporter("charges", as_json=True),
+        charges=3000,
+        payers=20,
+        merchants=5,
+        threads=2,
+        in_flight=64,
+        one_op_charges=100,
+        http=False,
+        directory=str(tmp_path),
+    )
+    figures = _figures(capsys)
+    assert figures["charges_per_s"] > 0 and figures["charges_per_s_one_op_each"] > 0
+    assert 1 <= figures["operations"] <= 3000
+    assert figures["apply_us_per_charge"] > 0 and figures["write_us_per_charge"] > 0
+    assert not list(tmp_path.iterdir())  # the work files are gone
+
+
+def test_bench_metering_in_process_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench_metering(
+        Reporter("metering", as_json=True),
+        events=5000,
+        payers=30,
+        batch_size=1000,
+        one_by_one_seconds=0,
+        http_seconds=0,
+        directory=str(tmp_path),
+    )
+    figures = _figures(capsys)
+    assert figures["events_per_s"] > 0 and 1 <= figures["batches"] <= 5
+    assert figures["apply_us_per_event"] > 0 and figures["write_us_per_event"] > 0
+    assert not list(tmp_path.iterdir())
