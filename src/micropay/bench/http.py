@@ -5,6 +5,8 @@
 its own process (``micropay.bench.loadgen``), only against 127.0.0.1, bounded in time. After
 (a), the same load against a bare protocol answering a constant (``micropay.bench.baseline``)
 gives this machine's floor at the time: ``single_vs_baseline`` compares runs across a drift.
+On a virtual machine, ``single_cpu_steal_pct`` and ``batch_cpu_steal_pct`` say what share of
+the cores the hypervisor gave to other guests during each part (Linux's /proc/stat).
 """
 
 from __future__ import annotations
@@ -115,6 +117,38 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CpuTicks = tuple[int, int]
+"""The machine's CPU time so far in clock ticks: all of it, and the part stolen (see ``steal_pct``)."""
+
+
+def parse_cpu_line(line: str) -> CpuTicks | None:
+    """The first line of /proc/stat (``cpu user nice system idle iowait irq softirq steal ...``)
+    as (all ticks, steal ticks); None if it is not that line. Guest time is already counted in
+    user and nice, so only the first eight fields are added."""
+    fields = line.split()
+    if len(fields) < 9 or fields[0] != "cpu" or not all(field.isdigit() for field in fields[1:9]):
+        return None
+    ticks = [int(field) for field in fields[1:9]]
+    return sum(ticks), ticks[7]
+
+
+def machine_cpu_ticks() -> CpuTicks | None:
+    """This machine's CPU ticks so far, where /proc/stat tells (Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            return parse_cpu_line(handle.readline())
+    except OSError:
+        return None
+
+
+def steal_pct(before: CpuTicks | None, after: CpuTicks | None) -> float | None:
+    """The share of the machine's CPU time between two readings that the hypervisor gave to other
+    guests ("steal"): on a virtual machine, the part of the cores a run did not have."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
+
+
 def run_load(
     ports: list[int], key: str, mode: str, connections: int, duration_s: float, accounts: int
 ) -> dict[str, object]:
@@ -195,9 +229,9 @@ def bench_http(
                 f" on {db.split('@')[-1] if db else 'a fresh SQLite file'}"
             )
             report.figure("front_processes", front_processes, "1")
-            cpu_before = _cpu_s(started)
+            cpu_before, machine_before = _cpu_s(started), machine_cpu_ticks()
             single = run_load(ports, key, "single", connections, duration_s, accounts)
-            cpu_after = _cpu_s(started)
+            cpu_after, machine_after = _cpu_s(started), machine_cpu_ticks()
             report.note(f"single: {single}")
             elapsed = float(str(single["elapsed_s"]))
             transfers = int(str(single["transfers_ok"]))
@@ -207,21 +241,27 @@ def bench_http(
             if cpu_before is not None and cpu_after is not None and transfers:
                 # CPU per transfer moves less than the rates when other work shares the machine.
                 report.figure("single_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
+            stolen = steal_pct(machine_before, machine_after)
+            if stolen is not None:  # a run that lacked part of its cores says so
+                report.figure("single_cpu_steal_pct", stolen, "%")
             baseline = run_baseline(connections, duration_s)
             report.note(f"baseline: {baseline}")
             baseline_per_s = int(str(baseline["transfers_ok"])) / float(str(baseline["elapsed_s"]))
             report.figure("baseline_requests_per_s", baseline_per_s, "1/s")
             if baseline_per_s:
                 report.figure("single_vs_baseline", transfers / elapsed / baseline_per_s, "ratio")
-            cpu_before = _cpu_s(started)
+            cpu_before, machine_before = _cpu_s(started), machine_cpu_ticks()
             batch = run_load(ports, key, "batch", batch_connections, duration_s, accounts)
-            cpu_after = _cpu_s(started)
+            cpu_after, machine_after = _cpu_s(started), machine_cpu_ticks()
             report.note(f"batch: {batch}")
             elapsed = float(str(batch["elapsed_s"]))
             transfers = int(str(batch["transfers_ok"]))
             report.figure("batch_transfers_per_s", transfers / elapsed, "1/s")
             if cpu_before is not None and cpu_after is not None and transfers:
                 report.figure("batch_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
+            stolen = steal_pct(machine_before, machine_after)
+            if stolen is not None:
+                report.figure("batch_cpu_steal_pct", stolen, "%")
         finally:
             for server in started:
                 stop_server(server)
