@@ -240,3 +240,25 @@ def test_price_matches_the_reference_and_never_goes_down(pricing: dict[str, Any]
 def test_canonical_pricing_parses_back_to_the_same_plan(pricing: dict[str, Any], minimum: str | None) -> None:
     rates = parse_pricing(pricing, minimum)
     assert parse_pricing(pricing_to_json(rates), minimum_text(rates)) == rates
+
+
+@settings(max_examples=300, deadline=None)
+@given(pricing=pricings(), quantity=st.integers(0, 20_000))
+def test_the_rating_shortcut_floors_the_same_price(pricing: dict[str, Any], quantity: int) -> None:
+    # floor_function is what rating calls per event, without price_floor's checks.
+    rates = parse_pricing(pricing)
+    expected = math.floor(reference_price(pricing, quantity))
+    assert rates.floor_function()(quantity) == expected == rates.price_floor(quantity)
+
+
+def test_the_rating_shortcut_of_a_bounded_last_tier_prices_every_quantity_up_to_it() -> None:
+    pricing: dict[str, Any] = {
+        "model": "graduated",
+        "tiers": [{"up_to": 10, "unit_price": "0.3", "flat": "2"}, {"up_to": 25, "unit_price": "0.07"}],
+    }
+    rates = parse_pricing(pricing)
+    floor = rates.floor_function()
+    assert rates.capacity == 25
+    assert [floor(quantity) for quantity in range(26)] == [
+        math.floor(reference_price(pricing, quantity)) for quantity in range(26)
+    ]

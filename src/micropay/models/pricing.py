@@ -111,7 +111,25 @@ class Pricing:
         if self.model == "package":
             size, package_price = self.package_size, self.package_price
             return lambda quantity: -(-quantity // size) * package_price // denominator
-        return self.price_floor
+        # Graduated: each tier as (first unit above, last unit or None, flat, unit price).
+        spans: list[tuple[int, int | None, int, int]] = []
+        below = 0
+        for tier in self.tiers:
+            spans.append((below, tier.up_to, tier.flat, tier.unit_price))
+            if tier.up_to is None:
+                break
+            below = tier.up_to
+
+        def graduated(quantity: int) -> int:
+            total = 0
+            for start, up_to, flat, unit_price in spans:
+                if quantity <= start:
+                    break
+                top = quantity if up_to is None or quantity < up_to else up_to
+                total += flat + (top - start) * unit_price
+            return total // denominator
+
+        return graduated
 
     def charge(self, before: int, after: int) -> int:
         """What an event taking the period's quantity from ``before`` to ``after`` costs."""
