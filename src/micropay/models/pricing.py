@@ -85,17 +85,7 @@ class Pricing:
         if self.model == "package":
             packages = -(-quantity // self.package_size)
             return packages * self.package_price
-        total = 0
-        below = 0
-        for tier in self.tiers:
-            if quantity <= below:
-                break
-            top = quantity if tier.up_to is None else min(quantity, tier.up_to)
-            total += tier.flat + (top - below) * tier.unit_price
-            if tier.up_to is None:
-                break
-            below = tier.up_to
-        return total
+        return _tiers_numerator(_spans(self.tiers), quantity)
 
     def price_floor(self, quantity: int) -> int:
         """``floor(price(quantity))`` in whole minor units."""
@@ -111,25 +101,8 @@ class Pricing:
         if self.model == "package":
             size, package_price = self.package_size, self.package_price
             return lambda quantity: -(-quantity // size) * package_price // denominator
-        # Graduated: each tier as (first unit above, last unit or None, flat, unit price).
-        spans: list[tuple[int, int | None, int, int]] = []
-        below = 0
-        for tier in self.tiers:
-            spans.append((below, tier.up_to, tier.flat, tier.unit_price))
-            if tier.up_to is None:
-                break
-            below = tier.up_to
-
-        def graduated(quantity: int) -> int:
-            total = 0
-            for start, up_to, flat, unit_price in spans:
-                if quantity <= start:
-                    break
-                top = quantity if up_to is None or quantity < up_to else up_to
-                total += flat + (top - start) * unit_price
-            return total // denominator
-
-        return graduated
+        spans = _spans(self.tiers)
+        return lambda quantity: _tiers_numerator(spans, quantity) // denominator
 
     def charge(self, before: int, after: int) -> int:
         """What an event taking the period's quantity from ``before`` to ``after`` costs."""
@@ -141,6 +114,34 @@ class Pricing:
     def minimum_floor(self) -> int:
         """The period minimum in whole minor units (a fractional minimum rounds down)."""
         return self.minimum // self.denominator
+
+
+Span = tuple[int, int | None, int, int]
+"""A graduated tier as rating reads it: the units above ``start`` up to ``up_to`` (None: no end),
+its flat fee and unit price (numerators over the plan's denominator)."""
+
+
+def _spans(tiers: tuple[Tier, ...]) -> list[Span]:
+    spans: list[Span] = []
+    start = 0
+    for tier in tiers:
+        spans.append((start, tier.up_to, tier.flat, tier.unit_price))
+        if tier.up_to is None:
+            break
+        start = tier.up_to
+    return spans
+
+
+def _tiers_numerator(spans: list[Span], quantity: int) -> int:
+    """``price(quantity) * denominator`` of a graduated plan: each tier the quantity reaches adds
+    its flat fee and its units' price."""
+    total = 0
+    for start, up_to, flat, unit_price in spans:
+        if quantity <= start:
+            break
+        top = quantity if up_to is None or quantity < up_to else up_to
+        total += flat + (top - start) * unit_price
+    return total
 
 
 def _common(prices: list[Fraction]) -> int:
