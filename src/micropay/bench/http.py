@@ -229,42 +229,50 @@ def bench_http(
                 f" on {db.split('@')[-1] if db else 'a fresh SQLite file'}"
             )
             report.figure("front_processes", front_processes, "1")
-            cpu_before, machine_before = _cpu_s(started), machine_cpu_ticks()
-            single = run_load(ports, key, "single", connections, duration_s, accounts)
-            cpu_after, machine_after = _cpu_s(started), machine_cpu_ticks()
-            report.note(f"single: {single}")
-            elapsed = float(str(single["elapsed_s"]))
-            transfers = int(str(single["transfers_ok"]))
-            report.figure("single_transfers_per_s", transfers / elapsed, "1/s")
+            single, single_per_s = _measured_load(
+                report, started, ports, key, "single", connections, duration_s, accounts
+            )
             report.figure("single_p50_ms", float(str(single["p50_ms"])), "ms")
             report.figure("single_p99_ms", float(str(single["p99_ms"])), "ms")
-            if cpu_before is not None and cpu_after is not None and transfers:
-                # CPU per transfer moves less than the rates when other work shares the machine.
-                report.figure("single_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
-            stolen = steal_pct(machine_before, machine_after)
-            if stolen is not None:  # a run that lacked part of its cores says so
-                report.figure("single_cpu_steal_pct", stolen, "%")
             baseline = run_baseline(connections, duration_s)
             report.note(f"baseline: {baseline}")
             baseline_per_s = int(str(baseline["transfers_ok"])) / float(str(baseline["elapsed_s"]))
             report.figure("baseline_requests_per_s", baseline_per_s, "1/s")
             if baseline_per_s:
-                report.figure("single_vs_baseline", transfers / elapsed / baseline_per_s, "ratio")
-            cpu_before, machine_before = _cpu_s(started), machine_cpu_ticks()
-            batch = run_load(ports, key, "batch", batch_connections, duration_s, accounts)
-            cpu_after, machine_after = _cpu_s(started), machine_cpu_ticks()
-            report.note(f"batch: {batch}")
-            elapsed = float(str(batch["elapsed_s"]))
-            transfers = int(str(batch["transfers_ok"]))
-            report.figure("batch_transfers_per_s", transfers / elapsed, "1/s")
-            if cpu_before is not None and cpu_after is not None and transfers:
-                report.figure("batch_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
-            stolen = steal_pct(machine_before, machine_after)
-            if stolen is not None:
-                report.figure("batch_cpu_steal_pct", stolen, "%")
+                report.figure("single_vs_baseline", single_per_s / baseline_per_s, "ratio")
+            _measured_load(report, started, ports, key, "batch", batch_connections, duration_s, accounts)
         finally:
             for server in started:
                 stop_server(server)
+
+
+def _measured_load(
+    report: Reporter,
+    servers: list[subprocess.Popen[bytes]],
+    ports: list[int],
+    key: str,
+    mode: str,
+    connections: int,
+    duration_s: float,
+    accounts: int,
+) -> tuple[dict[str, object], float]:
+    """One part of the benchmark (``mode``: single or batch): its load, and the figures
+    ``{mode}_transfers_per_s``, ``{mode}_server_cpu_us`` and ``{mode}_cpu_steal_pct``. Answers
+    the load generator's summary and the rate."""
+    cpu_before, machine_before = _cpu_s(servers), machine_cpu_ticks()
+    summary = run_load(ports, key, mode, connections, duration_s, accounts)
+    cpu_after, machine_after = _cpu_s(servers), machine_cpu_ticks()
+    report.note(f"{mode}: {summary}")
+    transfers = int(str(summary["transfers_ok"]))
+    per_s = transfers / float(str(summary["elapsed_s"]))
+    report.figure(f"{mode}_transfers_per_s", per_s, "1/s")
+    if cpu_before is not None and cpu_after is not None and transfers:
+        # CPU per transfer moves less than the rates when other work shares the machine.
+        report.figure(f"{mode}_server_cpu_us", (cpu_after - cpu_before) / transfers * 1e6, "us/transfer")
+    stolen = steal_pct(machine_before, machine_after)
+    if stolen is not None:  # a run that lacked part of its cores says so
+        report.figure(f"{mode}_cpu_steal_pct", stolen, "%")
+    return summary, per_s
 
 
 def _cpu_s(servers: list[subprocess.Popen[bytes]]) -> float | None:
