@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Protocol, TypeVar
 
-from micropay.errors import InvariantViolation, StoreError
+from micropay.errors import InvariantViolation, StoreError, require
 from micropay.ledger import (
     Account,
     AccountRequest,
@@ -22,6 +23,7 @@ from micropay.ledger.validate import (
     check_account_requests,
     check_credit_limit,
     check_ledger,
+    columns_valid,
     transfer_columns,
 )
 from micropay.store.base import Document
@@ -65,6 +67,13 @@ class BatchContext:
         """``create_transfers`` for requests validated already (``columns`` from ``transfer_columns``)."""
         return self._state.create_transfers(requests, columns)
 
+    def create_plain_transfers(self, columns: RequestColumns) -> bool:
+        """Apply plain transfers given column by column (one tuple per ``TransferRequest`` field)
+        all at once, when they are well formed and the ledger's fast path is certain they all
+        succeed; else answer False, having applied nothing (the caller then takes the
+        request-by-request path)."""
+        return columns_valid(columns) and self._state.create_plain_transfers(columns)
+
     def create_accounts(self, requests: Sequence[AccountRequest]) -> list[tuple[Result, Account | None]]:
         check_account_requests(requests)
         return [self._state.create_account(request) for request in requests]
@@ -91,6 +100,10 @@ class BatchContext:
         """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
         return self._state.transfer_locator(transfer_id) is not None
 
+    def any_transfer_exists(self, transfer_ids: Iterable[str]) -> bool:
+        """Whether any of these transfers exists (``transfer_exists``, for many ids at once)."""
+        return self._state.any_transfer_exists(transfer_ids)
+
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record with this batch (replacing any older version)."""
         key = (kind, document_id)
@@ -106,6 +119,20 @@ class BatchContext:
         decides: the second writer's batch conflicts and runs again, and finds the first's."""
         self.put_document(kind, document_id, body)
         self._created.add((kind, document_id))
+
+    def create_documents(self, kind: str, document_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
+        """``create_document`` for many new records of one kind at once."""
+        require(len(document_ids) == len(bodies), "create_documents: one body per id")
+        keys = [(kind, document_id) for document_id in document_ids]
+        written = self._written
+        if not written.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
+            for document_id, body in zip(document_ids, bodies, strict=True):
+                self.create_document(kind, document_id, body)
+            return
+        # None of them is written yet in this batch (so none is among the created ones either).
+        self._undo.extend(zip(keys, repeat(None), repeat(False)))
+        written.update(zip(keys, bodies, strict=True))
+        self._created.update(keys)
 
     def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
         """The newest versions of those of these documents that exist, as ``get_document`` would

@@ -71,6 +71,9 @@ TIMESTAMP_BLOCK_MIN = 1024
 _TIMESTAMP_UNBOUNDED = 2**63
 """The end of the timestamp range when the state owns the whole ledger (no source)."""
 
+PLAIN_BATCH_MIN = 8
+"""Fewest transfers the fast path takes (below it, its passes cost more than they save)."""
+
 
 class StateLoader(Protocol):
     """Committed rows a partial state has not seen yet, read under the caller's locks."""
@@ -290,6 +293,13 @@ class LedgerState:
         if found is None and self._loader is not None and self._load_transfer(transfer_id):
             found = self._ids.get(transfer_id)
         return found
+
+    def any_transfer_exists(self, transfer_ids: Iterable[str]) -> bool:
+        """Whether any of these transfers exists (``transfer_locator`` of each; one C-level
+        pass when the whole ledger is in memory)."""
+        if self._loader is None:
+            return not self._ids.keys().isdisjoint(transfer_ids)
+        return any(self.transfer_locator(transfer_id) is not None for transfer_id in transfer_ids)
 
     def transfer_count(self) -> int:
         return len(self._ids)
@@ -511,7 +521,9 @@ class LedgerState:
     ) -> Sequence[TransferOutcome]:
         """Apply ``requests`` in order. Independent unless chained by ``linked``: a chain
         applies whole or not at all. ``columns``, if given, is ``zip(*requests)`` already made."""
-        fast = self._create_plain_batch(requests, columns)
+        if columns is None and len(requests) >= PLAIN_BATCH_MIN and self._fast_path:
+            columns = tuple(zip(*requests, strict=True))
+        fast = None if columns is None else self._create_plain_batch(columns)
         if fast is not None:
             return fast
         count = len(requests)
@@ -527,9 +539,13 @@ class LedgerState:
             index = self._create_chain(requests, index, outcomes)
         return outcomes
 
-    def _create_plain_batch(
-        self, requests: Sequence[TransferRequest], columns: RequestColumns | None
-    ) -> PlainOutcomes | None:
+    def create_plain_transfers(self, columns: RequestColumns) -> bool:
+        """Apply the transfers ``columns`` (``zip(*requests)``, validated) whole, when the fast
+        path below applies; else answer False, having applied nothing (the caller then builds
+        the requests and takes ``create_transfers``)."""
+        return self._create_plain_batch(columns) is not None
+
+    def _create_plain_batch(self, columns: RequestColumns) -> PlainOutcomes | None:
         """All-or-nothing fast path for a batch that is certain to succeed in any order.
 
         Applies when every request is a plain transfer (no flags, pending id or timeout), every
@@ -539,11 +555,9 @@ class LedgerState:
         in C-level passes over the columns. Anything else returns None: the caller takes the
         exact sequential path. The tests check that both paths agree.
         """
-        count = len(requests)
-        if count < 8 or not self._fast_path:
+        count = len(columns[0])
+        if count < PLAIN_BATCH_MIN or not self._fast_path:
             return None
-        if columns is None:
-            columns = tuple(zip(*requests, strict=True))
         ids, debit_ids, credit_ids, amounts, ledgers, codes, flags, pending_ids, timeouts, metadata = columns
         if any(flags) or any(pending_ids) or any(timeouts) or None in amounts:
             return None

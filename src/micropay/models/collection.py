@@ -112,6 +112,38 @@ class PayerRoom:
             used[key] += amount
         return split
 
+    def take_whole(self, ctx: BatchContext, total: int) -> str | None:
+        """Take ``total``, the sum of several amounts, when ``take`` is certain to take each of
+        them, in any order, whole from one source: answer that source's leg (``"wallet"`` or
+        ``"tab"``) having deducted the total, or None having changed nothing.
+
+        Certain when the payer is active, no cap would be crossed by the total, no promo
+        credit is spendable (``take`` would spend it first), and the mode's one source has
+        room for the total: the wallet (prepay, hybrid) or the tab (postpay, which must also
+        have room for a new accrual). Then every amount's ``take`` answers that source alone,
+        since each sees at least the room the total leaves."""
+        if total <= 0 or not self.active or self.promo:
+            return None
+        used = self.used
+        for key, cap_amount, _ in self.caps:
+            if used[key] + total > cap_amount:
+                return None
+        if self.payer.mode == "postpay":
+            if total > self.tab or self._tab_blocked(ctx):
+                return None
+            self.tab -= total
+            self.tab_taken += total
+            leg = "tab"
+        else:
+            if total > self.wallet:
+                return None
+            self.wallet -= total
+            leg = "wallet"
+        self.spent += total
+        for key in self.cap_keys:
+            used[key] += total
+        return leg
+
     def take_or_decline(self, ctx: BatchContext, amount: int) -> Taken:
         """``take``, raising the decline (``PaymentDeclined``) instead of answering it."""
         split = self.take(ctx, amount)
@@ -185,6 +217,18 @@ def payer_accounts(payer_id: str, ledger: str) -> tuple[str, str, str]:
             chart.tab_account(payer_id, ledger),
         )
     return found
+
+
+def wallet_alone(ctx: BatchContext, payer: Payer) -> str | None:
+    """The wallet account of a payer whose wallet alone pays, with nothing to book after: an
+    active prepay payer with no caps and no promo grants (``open_room`` would give it a room of
+    its wallet only, and ``PayerRoom.book`` would write nothing). None for any other payer."""
+    if payer.mode != "prepay" or payer.spend_caps or payer.status != "active":
+        return None
+    _, wallet_account, _ = payer_accounts(payer.id, payer.ledger)
+    if ctx.get_document(PAYER_PROMO, f"{payer.id}:{payer.ledger}") is not None:
+        return None
+    return wallet_account
 
 
 def open_room(ctx: BatchContext, payer: Payer) -> PayerRoom:

@@ -28,6 +28,7 @@ from micropay.errors import (
 from micropay.ledger import AccountRequest, Result, Transfer, TransferFlags, TransferRequest, outcome_codes
 from micropay.ledger.limits import AMOUNT_MAX
 from micropay.models import chart, index
+from micropay.models.charge_columns import COLUMN_CHARGES_MIN, charge_columns
 from micropay.models.collection import CAP_USAGE as CAP_USAGE  # re-exported: the payer's records
 from micropay.models.collection import PAYER_PROMO as PAYER_PROMO
 from micropay.models.collection import PayerRoom, collection_legs, open_room
@@ -475,10 +476,14 @@ def charge(request: ChargeRequest) -> Callable[[BatchContext], Outcome[Charge]]:
     return run
 
 
-def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[ChargeResult]]:
+def charge_many(
+    requests: list[ChargeRequest], *, by_columns: bool = True
+) -> Callable[[BatchContext], list[ChargeResult]]:
     """Many charges in one operation, each answered as ``charge`` would answer it alone, in order.
 
-    Each charge is decided as it comes, against what the earlier ones of the operation took
+    When every charge is certain to succeed from one source per payer, they are made column by
+    column (``charge_columns``; ``by_columns=False`` turns that off, for the tests comparing
+    the two). Otherwise each charge is decided as it comes, against what the earlier ones of the operation took
     (each payer's ``PayerRoom``, read once), and its record written; its transfers are held
     back and applied together at the end, as independent transfers (the ledger's column-wise
     fast path), and the payers' and merchants' running records are written once. The
@@ -488,6 +493,10 @@ def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[
     require(len(requests) <= CHARGES_PER_OPERATION_MAX, "charge_many: too many charges for one operation")
 
     def run(ctx: BatchContext) -> list[ChargeResult]:
+        if by_columns:
+            together = _charge_by_columns(ctx, requests)
+            if together is not None:
+                return together
         desk = ChargeDesk(ctx)
         made: set[str] = set()
         legs: list[TransferRequest] = []
@@ -506,6 +515,7 @@ def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[
             legs += charge_legs
             made.add(request.id)
             results.append((record, False))
+        legs += desk.fee_legs()
         if legs:
             failed = [code for code in outcome_codes(ctx.create_transfers(legs)) if code is not Result.OK]
             if failed:
@@ -514,6 +524,34 @@ def charge_many(requests: list[ChargeRequest]) -> Callable[[BatchContext], list[
         return results
 
     return run
+
+
+def _charge_by_columns(ctx: BatchContext, requests: list[ChargeRequest]) -> list[ChargeResult] | None:
+    """``charge_columns`` with the requests' payers and merchants read (None if any is
+    unknown, or the column path does not apply), then the rooms and earnings booked."""
+    if len(requests) < COLUMN_CHARGES_MIN:
+        return None
+    payers: dict[str, Payer] = {}
+    for payer_id in dict.fromkeys([request.payer_id for request in requests]):
+        payer = _read_settled(ctx, PAYER, payer_id, decode_payer, _decoded_payers)
+        if payer is None:
+            return None
+        payers[payer_id] = payer
+    merchants: dict[str, Merchant] = {}
+    for merchant_id in dict.fromkeys([request.merchant_id for request in requests]):
+        merchant = _read_settled(ctx, MERCHANT, merchant_id, decode_merchant, _decoded_merchants)
+        if merchant is None:
+            return None
+        merchants[merchant_id] = merchant
+    made = charge_columns(ctx, requests, payers, merchants, CHARGE)
+    if made is None:
+        return None
+    for room in made.rooms:
+        room.book(ctx)
+    now_ns = ctx.now_ns
+    for merchant_id, net in made.earnings.items():
+        _add_earnings(ctx, merchants[merchant_id], net, now_ns)
+    return [(record, False) for record in made.records]
 
 
 def _existing_charge(ctx: BatchContext, request: ChargeRequest, made: set[str]) -> Charge | None:
@@ -632,9 +670,10 @@ def collect(
 
 class ChargeDesk:
     """The charges of one operation: each payer and merchant read once, each payer's room
-    (``collection.PayerRoom``) carried from charge to charge, the merchants' net earnings
-    summed. ``plan`` decides a charge, ``write`` stores its record, ``book`` writes what the
-    operation's charges changed in the payers' and merchants' records once."""
+    (``collection.PayerRoom``) carried from charge to charge, the merchants' net earnings and
+    platform fees summed. ``plan`` decides a charge, ``write`` stores its record,
+    ``fee_legs`` moves the operation's fees, ``book`` writes what the operation's charges
+    changed in the payers' and merchants' records once."""
 
     def __init__(self, ctx: BatchContext) -> None:
         self.ctx = ctx
@@ -643,17 +682,17 @@ class ChargeDesk:
         self.merchants: dict[str, tuple[Merchant, str, str]] = {}  # merchant, its account, fees account
         self.rooms: dict[str, PayerRoom] = {}
         self.earnings: dict[str, int] = {}  # merchant id -> net earnings of this operation
+        self.fees: dict[str, tuple[str, int]] = {}  # merchant id -> (its first charge's legs' prefix, fees)
 
     def plan(self, request: ChargeRequest) -> tuple[Charge, list[TransferRequest]]:
         """Decide one charge (raising its refusal or decline, having taken nothing): its record
-        and its transfers, the money taken from the payer's room."""
+        and its payment transfers, the money taken from the payer's room (its platform fee
+        moves with the operation's others to that merchant: ``fee_legs``)."""
         amount = request.amount
         if amount <= 0 or amount > AMOUNT_MAX:
             check_amount(amount)
         payer = self.payers.get(request.payer_id) or self._payer(request.payer_id)
-        merchant, merchant_account, fees_account = self.merchants.get(request.merchant_id) or self._merchant(
-            request.merchant_id
-        )
+        merchant, merchant_account, _ = self.merchants.get(request.merchant_id) or self._merchant(request.merchant_id)
         if merchant.ledger != payer.ledger:
             raise Refused("ledger_mismatch", "payer and merchant are on different ledgers", "merchant_id")
         fee = platform_fee(amount, merchant.fee_percent_bps, merchant.fee_fixed)
@@ -665,7 +704,8 @@ class ChargeDesk:
         prefix = "charge:" + request.id
         legs = collection_legs(room, taken, merchant_account, prefix)
         if fee:
-            legs.append(TransferRequest(prefix + ":fee", merchant_account, fees_account, fee, payer.ledger))
+            first, fees = self.fees.get(merchant.id, (prefix, 0))
+            self.fees[merchant.id] = (first, fees + fee)
         earnings = self.earnings
         earnings[merchant.id] = earnings.get(merchant.id, 0) + amount - fee
         record = Charge(
@@ -685,6 +725,16 @@ class ChargeDesk:
             request.kind,
         )
         return record, legs
+
+    def fee_legs(self) -> list[TransferRequest]:
+        """The platform fees of the operation's charges: one transfer per merchant, from its
+        account to the platform's fees, named after its first charge with a fee
+        (``charge:{id}:fee``); each charge's record holds its own part."""
+        legs = []
+        for merchant_id, (prefix, fees) in self.fees.items():
+            merchant, merchant_account, fees_account = self.merchants[merchant_id]
+            legs.append(TransferRequest(prefix + ":fee", merchant_account, fees_account, fees, merchant.ledger))
+        return legs
 
     def write(self, record: Charge) -> None:
         self.ctx.create_document(CHARGE, record.id, encode_charge(record))
@@ -722,7 +772,7 @@ def charge_now(ctx: BatchContext, request: ChargeRequest) -> Charge:
     Refuses (declines included) before it moves or writes anything."""
     desk = ChargeDesk(ctx)
     record, legs = desk.plan(request)
-    move(ctx, legs, "insufficient_funds")
+    move(ctx, legs + desk.fee_legs(), "insufficient_funds")
     desk.write(record)
     desk.book()
     return record
