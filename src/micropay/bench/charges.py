@@ -1,17 +1,22 @@
 """``micropay bench charges``: durable charges per second.
 
-In process: one engine on a fresh SQLite file (WAL, synchronous=FULL), ``threads`` threads each
-submitting its share of the charges and keeping up to ``in_flight`` unanswered, first through
-the charge batcher (concurrent charges share ``charge_many`` operations; the headline
-``charges_per_s``), then one engine operation per charge (``charges_per_s_one_op_each``). Every
-charge must succeed, the ledger must verify, and the money must add up.
+In process: one engine on a fresh SQLite file (WAL, synchronous=FULL). First the charges in
+batches, as ``POST /v1/charges/batch`` makes them: ``charge_many`` operations of up to 2,000
+charges, a few queued at once (the headline ``charges_per_s``, as ``bench metering`` rates its
+events in batches). Then concurrent single charges: ``threads`` threads each submitting its
+share one charge at a time and keeping up to ``in_flight`` unanswered, through the charge
+batcher, which coalesces them into ``charge_many`` operations (``charges_per_s_coalesced``), and
+one engine operation per charge (``charges_per_s_one_op_each``). Every charge must succeed, the
+ledger must verify, and the money must add up.
 
 Over HTTP: a real ``micropay serve`` process, ``connections`` keep-alive clients each sending
 single ``POST /v1/charges`` for ``duration_s`` (``http_charges_per_s``, p50/p99 latency), then
 two clients sending ``POST /v1/charges/batch`` of 1000 charges (``http_batch_charges_per_s``).
 
-Where the time goes is reported from the engine's counters: ``apply_us_per_charge`` (business
-rules and ledger, in memory, one thread) and ``write_us_per_charge`` (the store).
+Where the time goes is reported from the engine's counters for each in-process part:
+``apply_us_per_charge`` (business rules and ledger, in memory, one thread),
+``write_us_per_charge`` (the store) and ``engine_cpu_us_per_charge`` (the engine thread's CPU
+time); the coalesced part's figures end in ``_coalesced``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ from micropay.engine import Engine
 from micropay.errors import MicropayError
 from micropay.models import chart, payments
 from micropay.models.charge_batcher import ChargeBatcher
-from micropay.models.payments import ChargeRequest, MerchantRequest, Outcome, PayerRequest, TopupRequest
+from micropay.models.payments import (
+    CHARGES_PER_OPERATION_MAX,
+    ChargeRequest,
+    ChargeResult,
+    MerchantRequest,
+    Outcome,
+    PayerRequest,
+    TopupRequest,
+)
 from micropay.models.records import Charge
 from micropay.settlement.rails import Rails
 from micropay.store import SQLiteStore
@@ -46,6 +59,8 @@ FEE_BPS = 250
 FUNDING = 10**12
 """What each payer's wallet is topped up with: no charge of the run can be declined."""
 AMOUNT_MAX = 500
+OPERATIONS_IN_FLIGHT_MAX = 3
+"""``charge_many`` operations queued at once in the batch part: the engine always has the next."""
 LOOPBACK = "127.0.0.1"
 RESPONSE_BYTES_MAX = 1 << 20
 
@@ -114,6 +129,42 @@ def _drive(submit: Submit, work: list[ChargeRequest], threads: int, in_flight: i
     return time.perf_counter() - started, sum(failures)
 
 
+def _drive_batches(engine: Engine, work: list[ChargeRequest], size: int) -> tuple[float, int]:
+    """Submit ``work`` as ``charge_many`` operations of ``size`` from this thread, a few queued at
+    once; answers the seconds taken and how many charges failed."""
+    waiting: deque[Future[list[ChargeResult]]] = deque()
+    failed = 0
+    started = time.perf_counter()
+    for start in range(0, len(work), size):
+        part = work[start : start + size]
+        waiting.append(engine.submit(payments.charge_many(part), len(part)))
+        if len(waiting) >= OPERATIONS_IN_FLIGHT_MAX:
+            failed += sum(isinstance(result, Exception) for result in waiting.popleft().result())
+    while waiting:
+        failed += sum(isinstance(result, Exception) for result in waiting.popleft().result())
+    return time.perf_counter() - started, failed
+
+
+class _EngineMeter:
+    """The engine's counters and its thread's CPU time over one part of the run."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        stats = engine.stats
+        self._batches, self._apply_s, self._write_s = stats.batches, stats.apply_s, stats.write_s
+        self._engine_cpu_s, self._process_cpu_s = engine_thread_cpu_s(), time.process_time()
+
+    def report(self, report: Reporter, charges: int, suffix: str = "") -> None:
+        engine_cpu_s = engine_thread_cpu_s() - self._engine_cpu_s
+        process_cpu_s = time.process_time() - self._process_cpu_s
+        stats = self._engine.stats
+        report.figure(f"batches{suffix}", stats.batches - self._batches, "1")
+        report.figure(f"apply_us_per_charge{suffix}", (stats.apply_s - self._apply_s) / charges * 1e6, "us")
+        report.figure(f"write_us_per_charge{suffix}", (stats.write_s - self._write_s) / charges * 1e6, "us")
+        report.figure(f"engine_cpu_us_per_charge{suffix}", engine_cpu_s / charges * 1e6, "us")
+        report.figure(f"process_cpu_us_per_charge{suffix}", process_cpu_s / charges * 1e6, "us")
+
+
 def engine_thread_cpu_s() -> float:
     """CPU seconds the engine thread has used (it runs every batch: rules, ledger, store): the
     figure least disturbed by other work on a shared machine."""
@@ -148,33 +199,37 @@ def run_in_process(
     threads: int,
     in_flight: int,
     one_op_charges: int,
+    coalesced_charges: int | None = None,
 ) -> None:
+    """The three in-process parts on one engine (``coalesced_charges`` defaults to ``charges``)."""
+    coalesced_charges = charges if coalesced_charges is None else coalesced_charges
     rails = Rails()
     engine = Engine(SQLiteStore(directory / "charges.db"))
     try:
         _setup(engine, rails, payers, merchants)
         batched = make_charges(charges, payers, merchants, seed=1, prefix="b")
+        coalesced = make_charges(coalesced_charges, payers, merchants, seed=3, prefix="c")
         alone = make_charges(one_op_charges, payers, merchants, seed=2, prefix="s")
         gc.collect()
         gc.freeze()
 
-        batcher = ChargeBatcher(engine)
-        before = engine.stats
-        batches, apply_s, write_s = before.batches, before.apply_s, before.write_s
-        engine_cpu_s, process_cpu_s = engine_thread_cpu_s(), time.process_time()
-        elapsed, failed = _drive(batcher.submit, batched, threads, in_flight)
+        meter = _EngineMeter(engine)
+        elapsed, failed = _drive_batches(engine, batched, CHARGES_PER_OPERATION_MAX)
         if failed:
             raise MicropayError(f"{failed} benchmark charges failed")
-        engine_cpu_s, process_cpu_s = engine_thread_cpu_s() - engine_cpu_s, time.process_time() - process_cpu_s
-        stats = engine.stats
         report.figure("charges_per_s", charges / elapsed, "1/s")
         report.figure("elapsed_s", elapsed, "s")
-        report.figure("operations", batcher.operations, "1")
-        report.figure("batches", stats.batches - batches, "1")
-        report.figure("apply_us_per_charge", (stats.apply_s - apply_s) / charges * 1e6, "us")
-        report.figure("write_us_per_charge", (stats.write_s - write_s) / charges * 1e6, "us")
-        report.figure("engine_cpu_us_per_charge", engine_cpu_s / charges * 1e6, "us")
-        report.figure("process_cpu_us_per_charge", process_cpu_s / charges * 1e6, "us")
+        meter.report(report, charges)
+
+        if coalesced_charges:
+            batcher = ChargeBatcher(engine)
+            meter = _EngineMeter(engine)
+            elapsed, failed = _drive(batcher.submit, coalesced, threads, in_flight)
+            if failed:
+                raise MicropayError(f"{failed} benchmark charges failed")
+            report.figure("charges_per_s_coalesced", coalesced_charges / elapsed, "1/s")
+            report.figure("operations_coalesced", batcher.operations, "1")
+            meter.report(report, coalesced_charges, "_coalesced")
 
         if one_op_charges:
             elapsed, failed = _drive(lambda request: engine.submit(payments.charge(request)), alone, threads, in_flight)
@@ -182,7 +237,7 @@ def run_in_process(
                 raise MicropayError(f"{failed} benchmark charges failed")
             report.figure("charges_per_s_one_op_each", one_op_charges / elapsed, "1/s")
         gc.unfreeze()
-        _check_books(engine, payers, sum(request.amount for request in (*batched, *alone)))
+        _check_books(engine, payers, sum(request.amount for request in (*batched, *coalesced, *alone)))
     finally:
         engine.close()
 
@@ -373,6 +428,7 @@ def bench_charges(
     threads: int = 8,
     in_flight: int = 512,
     one_op_charges: int = 50_000,
+    coalesced_charges: int | None = None,
     http: bool = True,
     connections: int = 64,
     duration_s: float = 10.0,
@@ -380,9 +436,11 @@ def bench_charges(
     directory: str | None = None,
     front_processes: int = 1,
 ) -> None:
+    coalesced_charges = charges if coalesced_charges is None else coalesced_charges
     report.note(
-        f"in process: {charges:,} charges ({one_op_charges:,} more one operation each) by {threads} threads,"
-        f" {payers:,} prepay payers, {merchants} merchants, fee {FEE_BPS} bps"
+        f"in process: {charges:,} charges in operations of up to {CHARGES_PER_OPERATION_MAX:,}; then"
+        f" {coalesced_charges:,} single charges through the batcher and {one_op_charges:,} one operation each,"
+        f" by {threads} threads; {payers:,} prepay payers, {merchants} merchants, fee {FEE_BPS} bps"
     )
     with tempfile.TemporaryDirectory(dir=directory, prefix="micropay-bench-charges-") as tmp:
         run_in_process(
@@ -394,6 +452,7 @@ def bench_charges(
             threads=threads,
             in_flight=in_flight,
             one_op_charges=one_op_charges,
+            coalesced_charges=coalesced_charges,
         )
     if http:
         report.note(

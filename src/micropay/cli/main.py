@@ -190,6 +190,9 @@ def bench_charges_command(
     payers: Annotated[int, typer.Option(min=1, help="Payers charged (at random).")] = 1000,
     merchants: Annotated[int, typer.Option(min=1, help="Merchants paid (at random).")] = 100,
     one_op_charges: Annotated[int, typer.Option(min=0, help="Further charges made one operation each.")] = 50_000,
+    coalesced_charges: Annotated[
+        int | None, typer.Option(min=0, help="Single charges through the batcher (default: as many as --charges).")
+    ] = None,
     http: Annotated[bool, typer.Option(help="Also charge over HTTP against a real server.")] = True,
     connections: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
     duration_s: Annotated[float, typer.Option(min=1, max=120, help="Seconds the HTTP load runs.")] = 10.0,
@@ -197,7 +200,7 @@ def bench_charges_command(
         int, typer.Option(min=0, max=8, help="Front processes of the server (`micropay serve --front-processes`).")
     ] = 1,
 ) -> None:
-    """Durable charges/s: in process (many threads, coalesced operations) and over HTTP."""
+    """Durable charges/s: in process (in batches; single charges from many threads) and over HTTP."""
     from micropay.bench.charges import bench_charges
 
     bench_charges(
@@ -207,6 +210,7 @@ def bench_charges_command(
         payers=payers,
         merchants=merchants,
         one_op_charges=one_op_charges,
+        coalesced_charges=coalesced_charges,
         http=http,
         connections=connections,
         duration_s=duration_s,
