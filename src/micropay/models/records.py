@@ -132,8 +132,10 @@ def dumps(value: object) -> bytes:
     further ``dumps`` in the engine thread slower and slower (from under 1 µs to 5-30 µs,
     measured: memory the process keeps growing into); the copy costs a fraction of a µs and
     lands in Python's small-object allocator. Every body a model writes goes through here.
+    The copy is made by ``%b`` formatting: 0.10 µs against 0.27 µs through a ``memoryview``
+    (0.45 against 0.73 µs a ``dumps`` of a usage event, the bodies kept, measured).
     """
-    return bytes(memoryview(orjson.dumps(value)))
+    return b"%b" % orjson.dumps(value)
 
 
 def encode(record: object) -> bytes:
