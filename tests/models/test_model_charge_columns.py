@@ -241,3 +241,18 @@ def test_plain_transfer_columns_the_fast_path_cannot_take_apply_nothing(shop: Wo
     cheaper = tuple(zip(*[r._replace(amount=10) for r in requests], strict=True))
     assert shop.call(lambda ctx: ctx.create_plain_transfers(cheaper)) is True
     assert shop.wallet("p0") == 2_000 - 80
+
+
+@pytest.mark.parametrize("by_columns", [True, False])
+def test_an_operation_of_a_whole_batch_of_charges_moves_more_legs_than_one_ledger_batch(
+    shop: World, by_columns: bool
+) -> None:
+    # 8,190 payment legs and the fee legs of three merchants: more than one ledger batch holds.
+    count = payments.CHARGES_PER_OPERATION_MAX
+    shop.fund("p0", 100 * count)
+    requests = [ChargeRequest(f"big{i}", "p0", MERCHANTS[i % 3], 100) for i in range(count)]
+    results = shop.call(payments.charge_many(requests, by_columns=by_columns))
+    assert all(not isinstance(result, Exception) and not result[1] for result in results)
+    assert shop.wallet("p0") == 2_000
+    fees = shop.engine.transfer("charge:big0:fee")
+    assert fees is not None and fees.amount == sum(1 + 100 * 500 // 10_000 for i in range(0, count, 3))

@@ -18,6 +18,7 @@ from micropay.ledger import (
     TransferOutcome,
     TransferRequest,
 )
+from micropay.ledger.limits import BATCH_SIZE_MAX
 from micropay.ledger.validate import (
     RequestColumns,
     check_account_requests,
@@ -29,6 +30,10 @@ from micropay.ledger.validate import (
 from micropay.store.base import Document
 
 T = TypeVar("T")
+
+PLAIN_COLUMNS_MAX = 2 * BATCH_SIZE_MAX
+"""Most transfers one ``create_plain_transfers`` takes: an operation of a batch's worth of
+charges moves one payment leg per charge and at most one fee leg per merchant."""
 
 DocumentKey = tuple[str, str]
 
@@ -68,11 +73,11 @@ class BatchContext:
         return self._state.create_transfers(requests, columns)
 
     def create_plain_transfers(self, columns: RequestColumns) -> bool:
-        """Apply plain transfers given column by column (one tuple per ``TransferRequest`` field)
-        all at once, when they are well formed and the ledger's fast path is certain they all
-        succeed; else answer False, having applied nothing (the caller then takes the
-        request-by-request path)."""
-        return columns_valid(columns) and self._state.create_plain_transfers(columns)
+        """Apply plain transfers given column by column (one tuple per ``TransferRequest`` field;
+        up to ``PLAIN_COLUMNS_MAX``) all at once, when they are well formed and the ledger's fast
+        path is certain they all succeed; else answer False, having applied nothing (the caller
+        then takes the request-by-request path)."""
+        return columns_valid(columns, PLAIN_COLUMNS_MAX) and self._state.create_plain_transfers(columns)
 
     def create_accounts(self, requests: Sequence[AccountRequest]) -> list[tuple[Result, Account | None]]:
         check_account_requests(requests)

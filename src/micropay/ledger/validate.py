@@ -120,13 +120,14 @@ def transfer_columns(requests: Sequence[TransferRequest]) -> RequestColumns:
     return columns
 
 
-def columns_valid(columns: RequestColumns) -> bool:
-    """Whether every transfer of ``columns`` (one tuple per field of ``TransferRequest``) is
-    well formed, in C-speed passes; False on any doubt (``_check_each`` then names the fault)."""
+def columns_valid(columns: RequestColumns, count_max: int = BATCH_SIZE_MAX) -> bool:
+    """Whether ``columns`` (one tuple per field of ``TransferRequest``) hold 1 to ``count_max``
+    transfers, each well formed, checked in C-speed passes; False on any doubt (``_check_each``
+    then names the fault)."""
     try:
         ids, debit_ids, credit_ids, amounts, ledgers, codes, flags, pending_ids, timeouts, metadata = columns
         count = len(ids)
-        if not 0 < count <= BATCH_SIZE_MAX or any(len(column) != count for column in columns):
+        if not 0 < count <= count_max or any(len(column) != count for column in columns):
             return False
         # str.join raises TypeError on a non-str; one regex pass checks every id's alphabet and
         # length, once the comma count shows that no id holds a comma of its own.

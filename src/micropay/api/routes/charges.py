@@ -120,7 +120,7 @@ def charge_response(outcome: Outcome[Charge], metadata: dict[str, str]) -> Respo
 
 @lean_post(router, "/v1/charges/batch", response_model=ChargeBatchOut, responses=write_responses())
 async def create_charge_batch(body: ChargeBatchIn, request: Request, caller: ChargeParty) -> Response:
-    """Up to 2000 independent charges in one request, each answered as ``POST /v1/charges``
+    """Up to 8190 independent charges in one request, each answered as ``POST /v1/charges``
     would answer it alone: ``result`` is ``ok``, ``exists`` (a replay) or the refusal's code."""
     batcher = charge_batcher(request)
     made: list[tuple[ChargeRequest, dict[str, str]] | ApiError] = []
