@@ -15,6 +15,9 @@ class _NoDocuments:
     def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
         return {}
 
+    def any_exists(self, kind: str, document_ids: list[str]) -> bool:
+        return False
+
 
 def _context() -> BatchContext:
     return BatchContext(LedgerState(lambda _id, _timestamp: None), _NoDocuments(), now_ns=1)

@@ -224,7 +224,7 @@ def test_charge_columns_moves_and_writes_nothing_when_it_answers_none(shop: Worl
         payers = {"p0": payments.get_payer(ctx, "p0")}
         merchants = {"m0": payments.get_merchant(ctx, "m0")}
         made = charge_columns(ctx, requests, payers, merchants, payments.CHARGE)
-        return made, ctx.any_transfer_exists(["charge:c0:wallet"]), bool(ctx.written)
+        return made, ctx.transfer_exists("charge:c0:wallet"), bool(ctx.written)
 
     before = shop.snapshot()
     assert shop.call(run) == (None, False, False)
@@ -256,3 +256,10 @@ def test_an_operation_of_a_whole_batch_of_charges_moves_more_legs_than_one_ledge
     assert shop.wallet("p0") == 2_000
     fees = shop.engine.transfer("charge:big0:fee")
     assert fees is not None and fees.amount == sum(1 + 100 * 500 // 10_000 for i in range(0, count, 3))
+
+
+def test_a_transfer_bearing_a_new_charges_leg_id_keeps_the_operation_off_the_column_path(shop: World) -> None:
+    wallet, merchant = chart.wallet_account("p1", USD), chart.merchant_account("m1")
+    [(code, _)] = shop.engine.create_transfers([TransferRequest("charge:c5:wallet", wallet, merchant, 7, USD)])
+    assert code.value == "ok"
+    assert not used_columns(shop, plain(10))

@@ -45,6 +45,10 @@ class DocumentReader(Protocol):
 
     def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]: ...
 
+    def any_exists(self, kind: str, document_ids: list[str]) -> bool:
+        """Whether any of these documents exists (``get_many`` answering anything)."""
+        ...
+
 
 class BatchContext:
     """What one operation may do inside an engine batch: the view a model works against.
@@ -105,10 +109,6 @@ class BatchContext:
         """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
         return self._state.transfer_locator(transfer_id) is not None
 
-    def any_transfer_exists(self, transfer_ids: Iterable[str]) -> bool:
-        """Whether any of these transfers exists (``transfer_exists``, for many ids at once)."""
-        return self._state.any_transfer_exists(transfer_ids)
-
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record with this batch (replacing any older version)."""
         key = (kind, document_id)
@@ -124,6 +124,13 @@ class BatchContext:
         decides: the second writer's batch conflicts and runs again, and finds the first's."""
         self.put_document(kind, document_id, body)
         self._created.add((kind, document_id))
+
+    def any_document_exists(self, kind: str, document_ids: list[str]) -> bool:
+        """Whether any of these documents exists (written in this batch, or committed): for an
+        operation about to create records under many new ids."""
+        if not self._written.keys().isdisjoint([(kind, document_id) for document_id in document_ids]):
+            return True
+        return self._reader.any_exists(kind, document_ids)
 
     def create_documents(self, kind: str, document_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
         """``create_document`` for many new records of one kind at once."""

@@ -65,6 +65,13 @@ class DocumentCache:
             found.update(stored)
         return found
 
+    def any_exists(self, kind: str, document_ids: list[str]) -> bool:
+        """Whether any of these documents exists: for the kinds the store indexes, its index
+        answers at once; others as ``get_many``."""
+        if kind in self._passed_kinds:
+            return self._store.any_document_exists(kind, document_ids)
+        return bool(self.get_many(kind, document_ids))
+
     def _remember(self, key: DocumentKey, body: bytes | None) -> None:
         if len(self._entries) >= self._entries_max:
             self._entries.clear()

@@ -130,6 +130,9 @@ class _LockedDocuments:
             read[key] = self._batch.lock_documents(key[0], (key[1],)).get(key[1])
         return read[key]
 
+    def any_exists(self, kind: str, document_ids: list[str]) -> bool:
+        return bool(self.get_many(kind, document_ids))  # locks them all, as any read does
+
     def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
         read = self._read
         missing = [document_id for document_id in document_ids if (kind, document_id) not in read]

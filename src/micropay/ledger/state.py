@@ -294,13 +294,6 @@ class LedgerState:
             found = self._ids.get(transfer_id)
         return found
 
-    def any_transfer_exists(self, transfer_ids: Iterable[str]) -> bool:
-        """Whether any of these transfers exists (``transfer_locator`` of each; one C-level
-        pass when the whole ledger is in memory)."""
-        if self._loader is None:
-            return not self._ids.keys().isdisjoint(transfer_ids)
-        return any(self.transfer_locator(transfer_id) is not None for transfer_id in transfer_ids)
-
     def transfer_count(self) -> int:
         return len(self._ids)
 

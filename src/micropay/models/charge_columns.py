@@ -83,11 +83,11 @@ def charge_columns(
         return None
     if min(amounts) <= 0 or max(amounts) > AMOUNT_MAX:
         return None
+    if ctx.any_document_exists(record_kind, ids):
+        return None  # a replay: only the request-by-request path answers those
+    # A charge writes its record with its legs, so no record means no charge. (A transfer that
+    # happens to bear a new charge's leg id is refused by the ledger's own check below.)
     prefixes = ["charge:" + charge_id for charge_id in ids]
-    exists = ctx.any_transfer_exists
-    for leg in (":wallet", ":promo", ":tab"):
-        if exists([prefix + leg for prefix in prefixes]):
-            return None  # a replay: only the request-by-request path answers those
 
     sources = _payer_sources(ctx, payer_ids, amounts, payers)
     if sources is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import TypeVar
 
 from micropay.engine import BatchContext, Engine
@@ -556,7 +557,7 @@ def _charge_by_columns(ctx: BatchContext, requests: list[ChargeRequest]) -> list
     now_ns = ctx.now_ns
     for merchant_id, net in made.earnings.items():
         _add_earnings(ctx, merchants[merchant_id], net, now_ns)
-    return [(record, False) for record in made.records]
+    return list(zip(made.records, repeat(False)))
 
 
 def _existing_charge(ctx: BatchContext, request: ChargeRequest, made: set[str]) -> Charge | None:

@@ -55,6 +55,10 @@ class LogStore(Store, Protocol):
     """Document kinds the store finds through an index in memory (no search on disk): a cache in
     front of it gains little by keeping them."""
 
+    def any_document_exists(self, kind: str, document_ids: Sequence[str]) -> bool:
+        """Whether any of these documents exists (one pass over the index for ``indexed_kinds``)."""
+        ...
+
     def load(self) -> Iterator[Journal]:
         """Every committed change, oldest first, for the engine to replay at start."""
         ...

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -179,6 +179,11 @@ class RecordIndex:
         if locator is None:
             return None
         return Location(locator >> (2 * _OFFSET_BITS), (locator >> _OFFSET_BITS) & _OFFSET_MAX, locator & _OFFSET_MAX)
+
+    def any_of(self, kind: str, document_ids: Iterable[str]) -> bool:
+        """Whether any of these ids has a document of ``kind`` (one C-level pass)."""
+        locators = self._locators.get(kind)
+        return locators is not None and not locators.keys().isdisjoint(document_ids)
 
     def ids_after(self, kind: str, starting_after: str | None, limit: int) -> list[str]:
         """Ids of ``kind`` in order, after ``starting_after``, at most ``limit``."""

@@ -369,6 +369,12 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def any_document_exists(self, kind: str, document_ids: Sequence[str]) -> bool:
+        if kind in LOGGED_KINDS:
+            with self._mutex:
+                return self._records.any_of(kind, document_ids)
+        return bool(self.read_documents(kind, document_ids))
+
     def read_documents(self, kind: str, document_ids: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         with self._mutex:
