@@ -31,6 +31,7 @@ COLUMN_CHARGES_MIN = 8
 """Fewest charges worth the column passes (and the ledger's fast path wants 8 transfers)."""
 
 _NOTHING_REFUNDED = (0, 0, 0)
+_new_tuple = tuple.__new__  # Charge(*row) for a row of all its fields, without the call's frame
 _SUCCEEDED = "succeeded"
 
 
@@ -111,9 +112,8 @@ def charge_columns(
     descriptions = [request.description for request in requests]
     kinds = [request.kind for request in requests]
     now_ns = ctx.now_ns
-    bodies = [
-        dumps(row)
-        for row in zip(
+    rows = list(
+        zip(
             ids,
             payer_ids,
             merchant_ids,
@@ -130,11 +130,12 @@ def charge_columns(
             kinds,
             repeat(()),
         )
-    ]
-    ctx.create_documents(record_kind, ids, bodies)
+    )
+    ctx.create_documents(record_kind, ids, [dumps(row) for row in rows])
     records = list(
         map(
-            Charge._make,
+            _new_tuple,
+            repeat(Charge),
             zip(
                 ids,
                 payer_ids,
