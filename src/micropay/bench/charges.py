@@ -22,7 +22,6 @@ time); the coalesced part's figures end in ``_coalesced``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from micropay.models.payments import (
     TopupRequest,
 )
 from micropay.models.records import Charge
+from micropay.runtime import serving_gc
 from micropay.settlement.rails import Rails
 from micropay.store import SQLiteStore
 
@@ -127,6 +127,10 @@ def _drive(submit: Submit, work: list[ChargeRequest], threads: int, in_flight: i
     for thread in workers:
         thread.join()
     return time.perf_counter() - started, sum(failures)
+
+
+def _one_operation(engine: Engine, request: ChargeRequest) -> Future[Outcome[Charge]]:
+    return engine.submit(payments.charge(request))
 
 
 def _drive_batches(engine: Engine, work: list[ChargeRequest], size: int) -> tuple[float, int]:
@@ -210,33 +214,32 @@ def run_in_process(
         batched = make_charges(charges, payers, merchants, seed=1, prefix="b")
         coalesced = make_charges(coalesced_charges, payers, merchants, seed=3, prefix="c")
         alone = make_charges(one_op_charges, payers, merchants, seed=2, prefix="s")
-        gc.collect()
-        gc.freeze()
-
-        meter = _EngineMeter(engine)
-        elapsed, failed = _drive_batches(engine, batched, CHARGES_PER_OPERATION_MAX)
-        if failed:
-            raise MicropayError(f"{failed} benchmark charges failed")
-        report.figure("charges_per_s", charges / elapsed, "1/s")
-        report.figure("elapsed_s", elapsed, "s")
-        meter.report(report, charges)
-
-        if coalesced_charges:
-            batcher = ChargeBatcher(engine)
+        with serving_gc():
             meter = _EngineMeter(engine)
-            elapsed, failed = _drive(batcher.submit, coalesced, threads, in_flight)
+            elapsed, failed = _drive_batches(engine, batched, CHARGES_PER_OPERATION_MAX)
             if failed:
                 raise MicropayError(f"{failed} benchmark charges failed")
-            report.figure("charges_per_s_coalesced", coalesced_charges / elapsed, "1/s")
-            report.figure("operations_coalesced", batcher.operations, "1")
-            meter.report(report, coalesced_charges, "_coalesced")
+            report.figure("charges_per_s", charges / elapsed, "1/s")
+            report.figure("elapsed_s", elapsed, "s")
+            meter.report(report, charges)
 
-        if one_op_charges:
-            elapsed, failed = _drive(lambda request: engine.submit(payments.charge(request)), alone, threads, in_flight)
-            if failed:
-                raise MicropayError(f"{failed} benchmark charges failed")
-            report.figure("charges_per_s_one_op_each", one_op_charges / elapsed, "1/s")
-        gc.unfreeze()
+            if coalesced_charges:
+                batcher = ChargeBatcher(engine)
+                meter = _EngineMeter(engine)
+                elapsed, failed = _drive(batcher.submit, coalesced, threads, in_flight)
+                if failed:
+                    raise MicropayError(f"{failed} benchmark charges failed")
+                report.figure("charges_per_s_coalesced", coalesced_charges / elapsed, "1/s")
+                report.figure("operations_coalesced", batcher.operations, "1")
+                meter.report(report, coalesced_charges, "_coalesced")
+
+            if one_op_charges:
+                elapsed, failed = _drive(
+                    lambda request: engine.submit(payments.charge(request)), alone, threads, in_flight
+                )
+                if failed:
+                    raise MicropayError(f"{failed} benchmark charges failed")
+                report.figure("charges_per_s_one_op_each", one_op_charges / elapsed, "1/s")
         _check_books(engine, payers, sum(request.amount for request in (*batched, *coalesced, *alone)))
     finally:
         engine.close()

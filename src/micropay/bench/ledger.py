@@ -4,7 +4,6 @@ through one or several engines writing one PostgreSQL database at once."""
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import sqlite3
@@ -21,6 +20,7 @@ from micropay.engine import Engine
 from micropay.errors import MicropayError
 from micropay.ledger import AccountRequest, Result, TransferOutcome, TransferRequest, outcome_codes
 from micropay.ledger.limits import BATCH_SIZE_MAX
+from micropay.runtime import serving_gc
 from micropay.store import SQLiteStore, open_store
 
 LEDGER = "USD"
@@ -77,12 +77,10 @@ def run_engine(path: Path, accounts: int, workload: Sequence[TransferRequest], b
     """Load ``workload`` through a fresh engine; return seconds taken and the (open) engine."""
     engine = Engine(SQLiteStore(path), batch_window_s=0)
     _create_accounts(engine, accounts)
-    gc.collect()
-    gc.freeze()
-    started = time.perf_counter()
-    failures = _load(engine, workload, batch_size)
-    elapsed = time.perf_counter() - started
-    gc.unfreeze()
+    with serving_gc():
+        started = time.perf_counter()
+        failures = _load(engine, workload, batch_size)
+        elapsed = time.perf_counter() - started
     if failures:
         raise MicropayError(f"{failures} benchmark transfers failed")
     return elapsed, engine

@@ -16,7 +16,6 @@ add up to floor(price(its total quantity)).
 
 from __future__ import annotations
 
-import gc
 import http.client
 import random
 import statistics
@@ -42,6 +41,7 @@ from micropay.models import metering, payments
 from micropay.models.metering import EventRequest, EventResult, PlanRequest
 from micropay.models.payments import MerchantRequest, PayerRequest, TopupRequest
 from micropay.models.rules import period_key
+from micropay.runtime import serving_gc
 from micropay.settlement.rails import Rails
 from micropay.store import SQLiteStore
 
@@ -150,18 +150,16 @@ def run_batches(engine: Engine, events: Sequence[EventRequest], batch_size: int)
     """Submit ``events`` in batches (a few queued at once); seconds until all are durable."""
     tally = Tally()
     in_flight: deque[Future[list[EventResult]]] = deque()
-    gc.collect()
-    gc.freeze()
-    started = time.perf_counter()
-    for start in range(0, len(events), batch_size):
-        batch = events[start : start + batch_size]
-        in_flight.append(engine.submit(metering.record_events(batch), len(batch)))
-        if len(in_flight) >= IN_FLIGHT_MAX:
+    with serving_gc():
+        started = time.perf_counter()
+        for start in range(0, len(events), batch_size):
+            batch = events[start : start + batch_size]
+            in_flight.append(engine.submit(metering.record_events(batch), len(batch)))
+            if len(in_flight) >= IN_FLIGHT_MAX:
+                tally.add(in_flight.popleft().result())
+        while in_flight:
             tally.add(in_flight.popleft().result())
-    while in_flight:
-        tally.add(in_flight.popleft().result())
-    elapsed = time.perf_counter() - started
-    gc.unfreeze()
+        elapsed = time.perf_counter() - started
     return elapsed, tally
 
 

@@ -60,7 +60,7 @@ from micropay.cli.front_wire import (
     frame,
     frames,
 )
-from micropay.cli.runtime import tune_garbage_collector
+from micropay.runtime import tune_garbage_collector
 
 HEAD_BYTES_MAX = 8192
 """Longest request head read here (a longer one is handed over, and the server decides)."""

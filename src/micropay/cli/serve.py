@@ -18,8 +18,8 @@ from micropay.api.app import MicropayApi
 from micropay.api.keys import issue_key, verify_key
 from micropay.cli.front_link import Fronts
 from micropay.cli.protocol import http_protocol
-from micropay.cli.runtime import tune_garbage_collector
 from micropay.engine import Engine
+from micropay.runtime import tune_garbage_collector
 
 ADMIN_KEY_FILE_MODE = 0o600
 

@@ -1,8 +1,11 @@
-"""How the serving processes (``micropay serve`` and its front processes) set up Python."""
+"""How Python runs Micropay: the serving processes (``micropay serve`` and its front processes)
+tune the cyclic garbage collector at start; the in-process benchmarks run under the same tuning."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 GC_THRESHOLDS = (20_000, 20, 20)
 """The cyclic collector's thresholds while serving (Python's defaults: 700, 10, 10).
@@ -19,3 +22,16 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+@contextmanager
+def serving_gc() -> Iterator[None]:
+    """Run the block under the collector as ``micropay serve`` tunes it (what exists now is
+    frozen, the thresholds are ``GC_THRESHOLDS``), then restore the thresholds and unfreeze."""
+    thresholds = gc.get_threshold()
+    tune_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
