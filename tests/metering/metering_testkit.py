@@ -11,7 +11,7 @@ from typing import Any
 from models_testkit import World
 
 from micropay.errors import ApiError
-from micropay.models import metering, payments
+from micropay.models import metering, metering_batch, payments
 from micropay.models.metering import EventRequest, EventResult, Plan, PlanRequest, Usage, UsageEvent
 from micropay.models.records import decode_charge
 from micropay.models.tab import read_accrual
@@ -65,7 +65,7 @@ class Meter:
 
     def batch(self, requests: Sequence[EventRequest]) -> list[EventResult]:
         """Record events through the batch path (one operation per call)."""
-        return metering.rate_events(self.engine, list(requests))
+        return metering_batch.rate_events(self.engine, list(requests))
 
     def one_by_one(self, requests: Sequence[EventRequest]) -> list[EventResult]:
         """Record events through the reference path, one operation (and engine batch) each."""

@@ -21,7 +21,7 @@ from models_testkit import DAY_NS, NS, USD, Clock, World, utc_ns
 
 from micropay.errors import ApiError
 from micropay.ledger.limits import BATCH_SIZE_MAX
-from micropay.models import chart, metering, payments
+from micropay.models import chart, metering, metering_batch, payments
 from micropay.models.metering import EventRequest, UsageEvent
 from micropay.models.payments import MerchantRequest
 from micropay.models.records import SpendCap, decode_merchant_holds
@@ -256,9 +256,9 @@ def test_a_failed_grouped_booking_falls_back_to_one_operation_per_event(
     requests = [EventRequest(f"e{i}", payer, "unit", 50) for i, payer in enumerate(["pre", "poor", "pre", "ghost"])]
 
     def fail(self: object) -> None:
-        raise metering.GroupedChargeFailed("simulated")
+        raise metering_batch.GroupedChargeFailed("simulated")
 
-    monkeypatch.setattr(metering._Batch, "book", fail)
+    monkeypatch.setattr(metering_batch._Batch, "book", fail)
     views = assert_same(twins, [requests])
     assert views[3] == ("error", "NotFound", "payer_not_found")
     assert twins.batched.engine.failure is None

@@ -37,7 +37,7 @@ from micropay.bench.report import Reporter
 from micropay.engine import Engine
 from micropay.errors import ApiError, MicropayError
 from micropay.ledger.limits import BATCH_SIZE_MAX
-from micropay.models import metering, payments
+from micropay.models import metering, metering_batch, payments
 from micropay.models.metering import EventRequest, EventResult, PlanRequest
 from micropay.models.payments import MerchantRequest, PayerRequest, TopupRequest
 from micropay.models.rules import period_key
@@ -154,7 +154,7 @@ def run_batches(engine: Engine, events: Sequence[EventRequest], batch_size: int)
         started = time.perf_counter()
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
-            in_flight.append(engine.submit(metering.record_events(batch), len(batch)))
+            in_flight.append(engine.submit(metering_batch.record_events(batch), len(batch)))
             if len(in_flight) >= IN_FLIGHT_MAX:
                 tally.add(in_flight.popleft().result())
         while in_flight:

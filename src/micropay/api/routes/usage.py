@@ -47,10 +47,10 @@ from micropay.models.metering import (
     decode_event,
     decode_usage,
     list_payer_events,
-    rate_events_async,
     record_event,
     usage_key,
 )
+from micropay.models.metering_batch import rate_events_async
 from micropay.models.rules import period_key
 
 router = APIRouter(tags=["metering"], route_class=OrjsonRoute)
