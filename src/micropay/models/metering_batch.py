@@ -48,6 +48,7 @@ from micropay.models.metering import (
     usage_key,
     usage_of,
 )
+from micropay.models.metering_columns import rate_columns
 from micropay.models.payments import DESCRIPTION_LENGTH_MAX, Outcome, get_merchant, get_payer
 from micropay.models.pricing import QUANTITY_MAX, Pricing
 from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, encode_charge, sources_of
@@ -331,11 +332,19 @@ class _Batch:
         room.book(ctx)
 
 
-def record_events(requests: Sequence[EventRequest]) -> Callable[[BatchContext], list[EventResult]]:
+def record_events(
+    requests: Sequence[EventRequest], *, by_columns: bool = True
+) -> Callable[[BatchContext], list[EventResult]]:
     """Rate and charge a batch of events in one operation, each answering what ``record_event``
-    would have answered had they been run one by one in this order."""
+    would have answered had they been run one by one in this order. Plain batches are rated
+    column by column (``metering_columns``; ``by_columns=False`` turns that off, for the tests
+    comparing the two)."""
 
     def run(ctx: BatchContext) -> list[EventResult]:
+        if by_columns:
+            together = rate_columns(ctx, requests)
+            if together is not None:
+                return together
         # Most ids are new: one store read finds the few that are not. The usage of every
         # payer, plan and month the batch names is read the same way.
         batch = _Batch(ctx, ctx.get_documents(USAGE_EVENT, [request.id for request in requests]))
