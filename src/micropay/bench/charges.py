@@ -34,7 +34,15 @@ from typing import Any
 
 import orjson
 
-from micropay.bench.http import _call, free_port, front_arguments, start_server, stop_server
+from micropay.bench.http import (
+    _call,
+    free_port,
+    front_arguments,
+    machine_cpu_ticks,
+    start_server,
+    steal_pct,
+    stop_server,
+)
 from micropay.bench.report import Reporter
 from micropay.engine import Engine
 from micropay.errors import MicropayError
@@ -157,6 +165,7 @@ class _EngineMeter:
         stats = engine.stats
         self._batches, self._apply_s, self._write_s = stats.batches, stats.apply_s, stats.write_s
         self._engine_cpu_s, self._process_cpu_s = engine_thread_cpu_s(), time.process_time()
+        self._ticks = machine_cpu_ticks()
 
     def report(self, report: Reporter, charges: int, suffix: str = "") -> None:
         engine_cpu_s = engine_thread_cpu_s() - self._engine_cpu_s
@@ -167,6 +176,9 @@ class _EngineMeter:
         report.figure(f"write_us_per_charge{suffix}", (stats.write_s - self._write_s) / charges * 1e6, "us")
         report.figure(f"engine_cpu_us_per_charge{suffix}", engine_cpu_s / charges * 1e6, "us")
         report.figure(f"process_cpu_us_per_charge{suffix}", process_cpu_s / charges * 1e6, "us")
+        steal = steal_pct(self._ticks, machine_cpu_ticks())
+        if steal is not None:  # the share of the machine the host gave other guests meanwhile
+            report.figure(f"cpu_steal_pct{suffix}", steal, "%")
 
 
 def engine_thread_cpu_s() -> float:

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from micropay.bench.charges import engine_thread_cpu_s
-from micropay.bench.http import free_port, start_server, stop_server
+from micropay.bench.http import free_port, machine_cpu_ticks, start_server, steal_pct, stop_server
 from micropay.bench.report import Reporter
 from micropay.engine import Engine
 from micropay.errors import ApiError, MicropayError
@@ -280,9 +280,9 @@ def bench_metering(
             prepare(engine, payers)
             workload = make_events(events, payers, rng)
             before = (engine.stats.batches, engine.stats.apply_s, engine.stats.write_s)
-            engine_cpu_s = engine_thread_cpu_s()
+            engine_cpu_s, ticks = engine_thread_cpu_s(), machine_cpu_ticks()
             elapsed, tally = run_batches(engine, workload, batch_size)
-            engine_cpu_s = engine_thread_cpu_s() - engine_cpu_s
+            engine_cpu_s, steal = engine_thread_cpu_s() - engine_cpu_s, steal_pct(ticks, machine_cpu_ticks())
             batches = engine.stats.batches - before[0]
             apply_s, write_s = engine.stats.apply_s - before[1], engine.stats.write_s - before[2]
             if tally.refused:
@@ -294,6 +294,8 @@ def bench_metering(
             report.figure("apply_us_per_event", apply_s / events * 1e6, "us")
             report.figure("write_us_per_event", write_s / events * 1e6, "us")
             report.figure("engine_cpu_us_per_event", engine_cpu_s / events * 1e6, "us")
+            if steal is not None:
+                report.figure("cpu_steal_pct", steal, "%")
             report.note(
                 f"{tally.charged:,} charged, {tally.declined:,} declined; "
                 f"{checked:,} payer-plan usages add up to floor(price(total))"

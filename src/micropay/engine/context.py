@@ -137,7 +137,7 @@ class BatchContext:
         require(len(document_ids) == len(bodies), "create_documents: one body per id")
         keys = [(kind, document_id) for document_id in document_ids]
         written = self._written
-        if not written.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
+        if not written.keys().isdisjoint(keys) or len(set(document_ids)) != len(document_ids):
             for document_id, body in zip(document_ids, bodies, strict=True):
                 self.create_document(kind, document_id, body)
             return
