@@ -23,7 +23,7 @@ from micropay.models.payments import ChargeRequest, ChargeResult, MerchantReques
 from micropay.models.records import SpendCap, decode_merchant_holds
 from micropay.models.tab import read_accrual
 
-PAYERS = ["p0", "p1", "p2", "cap", "post", "hyb", "grant"]
+PAYERS = ["p0", "p1", "p2", "cap", "post", "hyb", "grant", "euro"]
 MERCHANTS = ["m0", "m1", "m2"]
 
 
@@ -41,6 +41,9 @@ def build(path: Path, clock: Clock) -> World:
     world.payer("post", "postpay", credit_limit=1_200)
     world.payer("hyb", "hybrid", credit_limit=300)
     world.fund("hyb", 800)
+    world.ledger("EUR", 2)
+    world.payer("euro", ledger="EUR")
+    world.fund("euro", 1_000)
     world.payer("grant")
     world.fund("grant", 1_000)
     world.voucher("GIFT", 50, expires_in_s=3_600)
@@ -173,6 +176,7 @@ def test_plain_charges_of_payers_who_can_pay_go_by_columns(shop: World) -> None:
         ("a tab short of the sum", [*plain(8, "post"), ChargeRequest("x", "post", "m0", 1100)]),
         ("a hybrid payer whose wallet is short", [*plain(8, "hyb"), ChargeRequest("x", "hyb", "m0", 700)]),
         ("an id the ledger refuses", [*plain(8), ChargeRequest("x y", "p0", "m0", 10)]),
+        ("a payer on another ledger", [*plain(8), ChargeRequest("x", "euro", "m0", 10)]),
     ],
 )
 def test_the_column_path_leaves_doubtful_operations_alone(

@@ -94,7 +94,7 @@ def charge_columns(
     if sources is None:
         return None
     rooms, payer_legs = sources
-    parties = _merchant_parties(merchant_ids, merchants, {room.payer.ledger for room in rooms})
+    parties = _merchant_parties(merchant_ids, merchants, {payers[payer_id].ledger for payer_id in payer_legs})
     if parties is None:
         return None
     ledger, fee_terms, merchant_accounts = parties
