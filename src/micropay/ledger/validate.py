@@ -120,6 +120,26 @@ def transfer_columns(requests: Sequence[TransferRequest]) -> RequestColumns:
     return columns
 
 
+def plain_columns(
+    ids: list[str], debits: list[str], credits: list[str], amounts: list[int], ledger: str
+) -> RequestColumns:
+    """The columns of plain transfers on one ledger (no code, flags, pending id, timeout or
+    metadata), as ``zip(*requests)`` would give them."""
+    count = len(ids)
+    return (
+        tuple(ids),
+        tuple(debits),
+        tuple(credits),
+        tuple(amounts),
+        (ledger,) * count,
+        (0,) * count,
+        (0,) * count,
+        ("",) * count,
+        (0,) * count,
+        ((),) * count,
+    )
+
+
 def columns_valid(columns: RequestColumns, count_max: int = BATCH_SIZE_MAX) -> bool:
     """Whether ``columns`` (one tuple per field of ``TransferRequest``) hold 1 to ``count_max``
     transfers, each well formed, checked in C-speed passes; False on any doubt (``_check_each``

@@ -22,6 +22,7 @@ from typing import Protocol
 from micropay.engine import BatchContext
 from micropay.errors import require
 from micropay.ledger.limits import AMOUNT_MAX
+from micropay.ledger.validate import plain_columns
 from micropay.models import chart
 from micropay.models.collection import PayerRoom, open_room, wallet_alone
 from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, sources_of
@@ -249,17 +250,4 @@ def _move(
         debits.append(merchant_accounts[merchant_id])
         credits.append(fees_account)
         moved.append(total)
-    count = len(ids)
-    columns = (
-        tuple(ids),
-        tuple(debits),
-        tuple(credits),
-        tuple(moved),
-        (ledger,) * count,
-        (0,) * count,
-        (0,) * count,
-        ("",) * count,
-        (0,) * count,
-        ((),) * count,
-    )
-    return ctx.create_plain_transfers(columns)
+    return ctx.create_plain_transfers(plain_columns(ids, debits, credits, moved, ledger))

@@ -21,6 +21,7 @@ from itertools import repeat
 from micropay.engine import BatchContext
 from micropay.errors import NotFound
 from micropay.ledger.limits import AMOUNT_MAX
+from micropay.ledger.validate import plain_columns
 from micropay.models import chart
 from micropay.models import payments as pay
 from micropay.models.collection import wallet_alone
@@ -290,22 +291,9 @@ def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
                 debits.append(merchant_account)
                 credits.append(fees_account)
                 amounts.append(charge.fee)
-    count = len(ids)
-    if not count:
+    if not ids:
         return True
-    columns = (
-        tuple(ids),
-        tuple(debits),
-        tuple(credits),
-        tuple(amounts),
-        (ledger,) * count,
-        (0,) * count,
-        (0,) * count,
-        ("",) * count,
-        (0,) * count,
-        ((),) * count,
-    )
-    return ctx.create_plain_transfers(columns)
+    return ctx.create_plain_transfers(plain_columns(ids, debits, credits, amounts, ledger))
 
 
 def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan], groups: _Groups) -> None:

@@ -118,6 +118,19 @@ def _read_settled(
     return record
 
 
+def _read_all(
+    ctx: BatchContext, kind: str, record_ids: list[str], decode: Callable[[bytes], R], decoded: dict[bytes, R]
+) -> dict[str, R] | None:
+    """``_read_settled`` of each distinct id, or None if any is missing."""
+    found: dict[str, R] = {}
+    for record_id in dict.fromkeys(record_ids):
+        record = _read_settled(ctx, kind, record_id, decode, decoded)
+        if record is None:
+            return None
+        found[record_id] = record
+    return found
+
+
 def get_payer(ctx: BatchContext, payer_id: str) -> Payer:
     payer = _read_settled(ctx, PAYER, payer_id, decode_payer, _decoded_payers)
     if payer is None:
@@ -537,18 +550,13 @@ def _charge_by_columns(ctx: BatchContext, requests: list[ChargeRequest]) -> list
     unknown, or the column path does not apply), then the rooms and earnings booked."""
     if len(requests) < COLUMN_CHARGES_MIN:
         return None
-    payers: dict[str, Payer] = {}
-    for payer_id in dict.fromkeys([request.payer_id for request in requests]):
-        payer = _read_settled(ctx, PAYER, payer_id, decode_payer, _decoded_payers)
-        if payer is None:
-            return None
-        payers[payer_id] = payer
-    merchants: dict[str, Merchant] = {}
-    for merchant_id in dict.fromkeys([request.merchant_id for request in requests]):
-        merchant = _read_settled(ctx, MERCHANT, merchant_id, decode_merchant, _decoded_merchants)
-        if merchant is None:
-            return None
-        merchants[merchant_id] = merchant
+    payers = _read_all(ctx, PAYER, [request.payer_id for request in requests], decode_payer, _decoded_payers)
+    if payers is None:
+        return None
+    merchant_ids = [request.merchant_id for request in requests]
+    merchants = _read_all(ctx, MERCHANT, merchant_ids, decode_merchant, _decoded_merchants)
+    if merchants is None:
+        return None
     made = charge_columns(ctx, requests, payers, merchants, CHARGE)
     if made is None:
         return None
