@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -380,3 +383,33 @@ def test_a_refused_batch_of_transfers_alone_writes_nothing_and_the_next_one_goes
     engine = engines.reopen(engine)
     assert engine.transfer("t1") is None
     assert totals(engine.account("b")) == (0, 3, 0, 0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_a_thread_of_its_own_copies_the_write_ahead_log_into_the_database_file(db_path: Path, tmp_path: Path) -> None:
+    engine = Engine(SQLiteStore(db_path))
+    try:
+        engine.create_ledger(USD, 2)
+        setup_accounts(engine, "a", "b")
+        for batch in range(5):
+            requests = [transfer(f"t{batch}-{i}", "a", "b", 1) for i in range(1000)]
+            assert codes(engine.create_transfers(requests)) == [Result.OK] * 1000
+        # The database file alone (without its log) comes to hold every batch, while the
+        # engine, which never checkpoints below 16,384 log pages itself, keeps running.
+        deadline = time.monotonic() + 10
+        for attempt in itertools.count():
+            copy = tmp_path / f"copy-{attempt}.db"  # the file alone: no log beside it
+            copy.write_bytes(db_path.read_bytes())
+            db = sqlite3.connect(copy)
+            try:
+                copied = db.execute("SELECT coalesce(sum(transfer_count), 0) FROM batches").fetchone()[0]
+            finally:
+                db.close()
+            if copied == 5000 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert copied == 5000
+        assert any(thread.name == "micropay-checkpoint" for thread in threading.enumerate())
+    finally:
+        engine.close()
+    assert not any(thread.name == "micropay-checkpoint" for thread in threading.enumerate())

@@ -40,6 +40,10 @@ _INSERT_RECORDS = "INSERT INTO records (header, data) VALUES (?, ?)"
 _LOGGED_ROWS_PER_RECORD_MAX = 8190
 """Documents per record row when a migration moves existing documents into the log."""
 
+WAL_AUTOCHECKPOINT_PAGES = 16_384
+"""Past this many pages (64 MiB) in the write-ahead log the writer checkpoints it itself: the
+safety net should the checkpointing thread fall behind (SQLite's default is 1,000 pages)."""
+
 
 def sqlite_path(url: str) -> Path:
     """``sqlite:///relative/or/absolute.db`` (or a bare path) to a filesystem path."""
@@ -75,8 +79,10 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA cache_size=-65536")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._migrate()
             self._index_records()
+            self._checkpointer = Checkpointer(self.path)
         except sqlite3.Error as error:
             self._release()
             raise StoreError(f"cannot open {self.path}: {error}") from error
@@ -219,6 +225,7 @@ class SQLiteStore:
                 if alone:
                     if batch_row is not None:
                         db.execute(_INSERT_BATCH, batch_row)
+                        self._checkpointer.nudge()
                     return
                 db.execute("BEGIN IMMEDIATE")
                 if journal.ledgers:
@@ -261,6 +268,7 @@ class SQLiteStore:
                 raise StoreError(f"batch write failed: {error}") from error
             if records is not None:  # committed: now the index may say where they are
                 self._records.add(*records)
+            self._checkpointer.nudge()
 
     # ----------------------------------------------------------------- reads
     def _batch_for(self, timestamp: int) -> TransferColumns | None:
@@ -415,6 +423,52 @@ class SQLiteStore:
     def close(self) -> None:
         with self._mutex:
             try:
+                self._checkpointer.close()
                 self._db.close()
             finally:
                 self._release()
+
+
+class Checkpointer:
+    """Copies the write-ahead log into the database file from a thread and connection of its
+    own, so that the engine's thread, which commits every batch, does not.
+
+    With SQLite's automatic checkpoints the commit that crosses 1,000 log pages copies them
+    into the database file and syncs it, in the committing thread: for the charge benchmark's
+    batches about 1 µs of a charge's 10. Here each commit only sets an event; this thread then
+    runs a passive checkpoint (it never blocks the writer; SQLite releases the interpreter lock
+    while it works, so it runs on another core). The log restarts from its beginning at the
+    first commit after a checkpoint that copied all of it. Durability is unchanged: every commit
+    still syncs the log (``synchronous=FULL``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._wake = threading.Event()
+        self._closing = False
+        self.checkpoints = 0
+        self._thread = threading.Thread(target=self._run, name="micropay-checkpoint", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """A commit has grown the log: copy it when this thread next gets to it."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error:  # busy with the writer's own checkpoint: the next nudge retries
+                continue
+
+    def close(self) -> None:
+        """Stop the thread (after the checkpoint it is running, if any) and close its connection."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+        self._db.close()
