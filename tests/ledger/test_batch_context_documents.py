@@ -55,3 +55,50 @@ def test_undoing_the_create_forgets_the_record() -> None:
     ctx.create_document("k", "a", b"created")
     ctx.rollback_documents(mark)
     assert ctx.get_document("k", "a") is None and not ctx.created(("k", "a"))
+
+
+# ----------------------------------------------------------------- records created in bulk
+def _keys(ctx: BatchContext) -> list[tuple[str, str, bytes]]:
+    return [(document.kind, document.id, document.body) for document in ctx.documents()]
+
+
+def test_records_created_in_bulk_read_and_list_like_records_created_one_by_one() -> None:
+    ctx = _context()
+    ctx.create_documents("k", ["a", "b"], [b"1", b"2"])
+    assert ctx.get_document("k", "a") == b"1" and ctx.get_documents("k", ["b", "c"]) == {"b": b"2"}
+    assert ctx.created(("k", "a")) and ctx.created(("k", "b")) and not ctx.created(("k", "c"))
+    assert ctx.any_document_exists("k", ["c", "b"]) and not ctx.any_document_exists("k", ["c"])
+    assert not ctx.any_document_exists("other", ["a"])
+    assert _keys(ctx) == [("k", "a", b"1"), ("k", "b", b"2")]
+
+
+def test_undoing_a_bulk_create_forgets_its_records_and_keeps_earlier_ones() -> None:
+    ctx = _context()
+    ctx.create_documents("k", ["a"], [b"1"])
+    mark = ctx.mark()
+    ctx.create_documents("k", ["b", "c"], [b"2", b"3"])
+    ctx.put_document("j", "x", b"9")
+    ctx.rollback_documents(mark)
+    assert ctx.get_document("k", "b") is None and not ctx.created(("k", "c"))
+    assert _keys(ctx) == [("k", "a", b"1")]
+
+
+def test_a_record_created_in_bulk_then_put_is_listed_once_in_its_newer_version() -> None:
+    ctx = _context()
+    ctx.create_documents("k", ["a", "b"], [b"1", b"2"])
+    mark = ctx.mark()
+    ctx.put_document("k", "a", b"changed")
+    assert ctx.get_document("k", "a") == b"changed" and ctx.created(("k", "a"))
+    assert _keys(ctx) == [("k", "b", b"2"), ("k", "a", b"changed")]
+    ctx.rollback_documents(mark)
+    assert ctx.get_document("k", "a") == b"1" and _keys(ctx) == [("k", "a", b"1"), ("k", "b", b"2")]
+
+
+def test_a_bulk_create_over_records_already_written_goes_record_by_record() -> None:
+    ctx = _context()
+    ctx.put_document("k", "a", b"put")
+    ctx.create_documents("k", ["a", "b"], [b"1", b"2"])  # "a" again: created over the put
+    assert ctx.get_document("k", "a") == b"1" and ctx.created(("k", "a")) and ctx.created(("k", "b"))
+    assert _keys(ctx) == [("k", "a", b"1"), ("k", "b", b"2")]
+    ctx.create_documents("k", ["c", "c"], [b"3", b"4"])  # one id twice: the later wins
+    assert ctx.get_document("k", "c") == b"4" and len(_keys(ctx)) == 3

@@ -228,7 +228,7 @@ def test_charge_columns_moves_and_writes_nothing_when_it_answers_none(shop: Worl
         payers = {"p0": payments.get_payer(ctx, "p0")}
         merchants = {"m0": payments.get_merchant(ctx, "m0")}
         made = charge_columns(ctx, requests, payers, merchants, payments.CHARGE)
-        return made, ctx.transfer_exists("charge:c0:wallet"), bool(ctx.written)
+        return made, ctx.transfer_exists("charge:c0:wallet"), bool(ctx.documents())
 
     before = shop.snapshot()
     assert shop.call(run) == (None, False, False)

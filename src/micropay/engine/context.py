@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any, Protocol, TypeVar
 
 from micropay.errors import InvariantViolation, StoreError, require
@@ -63,8 +62,13 @@ class BatchContext:
         self._state = state
         self._reader = documents
         self._written: dict[DocumentKey, bytes] = {}
+        self._written_kinds: set[str] = set()  # the kinds in _written
         self._created: set[DocumentKey] = set()
         self._undo: list[tuple[DocumentKey, bytes | None, bool]] = []  # key, body before, created before
+        # Records made in bulk (create_documents): id -> body per kind, all new, none in _written
+        # when made (a later put_document of one goes to _written and wins).
+        self._blocks: dict[str, dict[str, bytes]] = {}
+        self._block_undo: list[tuple[str, Sequence[str]]] = []
         self.now_ns = now_ns
 
     def create_transfers(self, requests: Sequence[TransferRequest]) -> Sequence[TransferOutcome]:
@@ -114,6 +118,7 @@ class BatchContext:
         key = (kind, document_id)
         self._undo.append((key, self._written.get(key), key in self._created))
         self._written[key] = body
+        self._written_kinds.add(kind)
 
     def create_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record that must not exist yet: the one made under a client's idempotency key.
@@ -128,33 +133,46 @@ class BatchContext:
     def any_document_exists(self, kind: str, document_ids: list[str]) -> bool:
         """Whether any of these documents exists (written in this batch, or committed): for an
         operation about to create records under many new ids."""
-        if not self._written.keys().isdisjoint([(kind, document_id) for document_id in document_ids]):
+        if kind in self._written_kinds and not self._written.keys().isdisjoint(
+            [(kind, document_id) for document_id in document_ids]
+        ):
+            return True
+        block = self._blocks.get(kind)
+        if block is not None and not block.keys().isdisjoint(document_ids):
             return True
         return self._reader.any_exists(kind, document_ids)
 
     def create_documents(self, kind: str, document_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
-        """``create_document`` for many new records of one kind at once."""
+        """``create_document`` for many new records of one kind at once.
+
+        Kept as one block of the kind (ids to bodies) rather than entry by entry: a third of
+        the cost a record, for operations that create thousands."""
         require(len(document_ids) == len(bodies), "create_documents: one body per id")
-        keys = [(kind, document_id) for document_id in document_ids]
-        written = self._written
-        if not written.keys().isdisjoint(keys) or len(set(document_ids)) != len(document_ids):
+        block = self._blocks.get(kind)
+        if block is None:
+            block = self._blocks[kind] = {}
+        fresh = (
+            kind not in self._written_kinds
+            and block.keys().isdisjoint(document_ids)
+            and len(set(document_ids)) == len(document_ids)
+        )
+        if not fresh:
             for document_id, body in zip(document_ids, bodies, strict=True):
                 self.create_document(kind, document_id, body)
             return
-        # None of them is written yet in this batch (so none is among the created ones either).
-        self._undo.extend(zip(keys, repeat(None), repeat(False)))
-        written.update(zip(keys, bodies, strict=True))
-        self._created.update(keys)
+        block.update(zip(document_ids, bodies, strict=True))
+        self._block_undo.append((kind, document_ids))
 
     def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
         """The newest versions of those of these documents that exist, as ``get_document`` would
         answer one by one, with one store read for all that are not in memory (for an operation
         about to look up many ids, most of them new)."""
         written = self._written
+        block = self._blocks.get(kind, {})
         found: dict[str, bytes] = {}
         unwritten: list[str] = []
         for document_id in document_ids:
-            body = written.get((kind, document_id))
+            body = written.get((kind, document_id)) or block.get(document_id)
             if body is None:
                 unwritten.append(document_id)
             else:
@@ -167,13 +185,23 @@ class BatchContext:
         """The newest version: written earlier in this batch, else the committed one."""
         key = (kind, document_id)
         body = self._written.get(key)
+        if body is None:
+            block = self._blocks.get(kind)
+            if block is not None:
+                body = block.get(document_id)
         return body if body is not None else self._reader.get(key)
 
-    def mark(self) -> int:
-        return len(self._undo)
+    def mark(self) -> tuple[int, int]:
+        return len(self._undo), len(self._block_undo)
 
-    def rollback_documents(self, mark: int) -> None:
-        while len(self._undo) > mark:
+    def rollback_documents(self, mark: tuple[int, int]) -> None:
+        undo_mark, block_mark = mark
+        while len(self._block_undo) > block_mark:
+            kind, document_ids = self._block_undo.pop()
+            block = self._blocks[kind]
+            for document_id in document_ids:
+                del block[document_id]
+        while len(self._undo) > undo_mark:
             key, before, created_before = self._undo.pop()
             if before is None:
                 del self._written[key]
@@ -183,18 +211,27 @@ class BatchContext:
                 self._created.discard(key)
 
     def created(self, key: DocumentKey) -> bool:
-        """Whether this batch writes ``key`` through ``create_document`` (so it must be new)."""
-        return key in self._created
-
-    @property
-    def written(self) -> dict[DocumentKey, bytes]:
-        """Documents this batch writes, newest version of each."""
-        return self._written
+        """Whether this batch writes ``key`` through ``create_document(s)`` (so it must be new)."""
+        return key in self._created or key[1] in self._blocks.get(key[0], ())
 
     def documents(self) -> list[Document]:
+        """What this batch writes, the newest version of each once: the blocks' records (but
+        those written again one by one since), then the records written one by one."""
         # tuple.__new__ makes each in 0.2 µs against 0.46 µs for the NamedTuple's own call.
         new = tuple.__new__
-        return [new(Document, (kind, document_id, body)) for (kind, document_id), body in self._written.items()]
+        written = self._written
+        documents: list[Document] = []
+        for kind, block in self._blocks.items():
+            if kind in self._written_kinds:
+                documents += [
+                    new(Document, (kind, document_id, body))
+                    for document_id, body in block.items()
+                    if (kind, document_id) not in written
+                ]
+            else:
+                documents += [new(Document, (kind, document_id, body)) for document_id, body in block.items()]
+        documents += [new(Document, (kind, document_id, body)) for (kind, document_id), body in written.items()]
+        return documents
 
 
 Operation = Callable[[BatchContext], T]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
 from micropay.ledger import Account, Ledger, LedgerState, Transfer
-from micropay.store.base import LogStore
+from micropay.store.base import Document, LogStore
 
 DOCUMENT_CACHE_MAX = 1_000_000
 """Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
@@ -77,11 +77,12 @@ class DocumentCache:
             self._entries.clear()
         self._entries[key] = body
 
-    def committed(self, written: dict[DocumentKey, bytes]) -> None:
+    def committed(self, documents: Sequence[Document]) -> None:
+        """A batch's documents are durable (in order: of one id, the later is the newer)."""
         passed = self._passed_kinds
-        for key, body in written.items():
-            if key[0] not in passed:
-                self._remember(key, body)
+        for kind, document_id, body in documents:
+            if kind not in passed:
+                self._remember((kind, document_id), body)
 
     def __contains__(self, key: DocumentKey) -> bool:
         return key in self._entries
@@ -117,15 +118,16 @@ class MemoryCore:
                 applied = time.perf_counter()
                 stats.apply_s += applied - started
                 journal = state.journal()
-                if not journal.is_empty() or context.written:
-                    self._store.write(journal, context.documents())
+                documents = context.documents()
+                if not journal.is_empty() or documents:
+                    self._store.write(journal, documents)
                     stats.syncs += 1
                     stats.write_s += time.perf_counter() - applied
             except BaseException:
                 state.rollback()
                 raise
             state.commit()
-            self._documents.committed(context.written)
+            self._documents.committed(documents)
             stats.batches += 1
             if self._verify_every_batches and stats.batches % self._verify_every_batches == 0:
                 state.verify()

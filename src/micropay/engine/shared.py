@@ -24,7 +24,6 @@ from micropay.errors import BatchConflict, StoreError, require
 from micropay.ledger import Account, Ledger, LedgerState, PendingStatus, Transfer, TransferFlags
 from micropay.ledger.limits import NS_PER_S
 from micropay.ledger.types import AccountRow, BalanceRow
-from micropay.store.base import Document
 from micropay.store.postgres import PostgresBatch, PostgresStore
 
 log = logging.getLogger("micropay.engine")
@@ -250,8 +249,9 @@ class SharedCore:
             applied = time.perf_counter()
             stats.apply_s += applied - started
             written = [
-                (Document(*key, body), context.created(key) or documents.must_be_new(key))
-                for key, body in context.written.items()
+                (document, context.created(key) or documents.must_be_new(key))
+                for document in context.documents()
+                for key in [(document.kind, document.id)]
             ]
             wrote = not journal.is_empty() or bool(written)
             if self._clock_ns() - now_ns > BATCH_AGE_MAX_S * NS_PER_S:
