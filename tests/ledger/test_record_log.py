@@ -171,8 +171,8 @@ def test_a_damaged_record_header_is_refused_when_the_store_opens(db_path: Path) 
 def test_the_engines_document_cache_leaves_logged_documents_to_the_stores_index(store: SQLiteStore) -> None:
     """A charge record or usage event per payment would fill the cache and make it start over."""
     cache = DocumentCache(store)
-    written = {(CHARGE, "ch"): b"c", (USAGE_EVENT, "ev"): b"e", (OTHER, "p"): b"p"}
-    _write(store, *(Document(kind, document_id, body) for (kind, document_id), body in written.items()))
+    written = [Document(CHARGE, "ch", b"c"), Document(USAGE_EVENT, "ev", b"e"), Document(OTHER, "p", b"p")]
+    _write(store, *written)
     cache.committed(written)
     assert (OTHER, "p") in cache
     assert (CHARGE, "ch") not in cache and (USAGE_EVENT, "ev") not in cache
