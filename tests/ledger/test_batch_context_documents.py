@@ -102,3 +102,10 @@ def test_a_bulk_create_over_records_already_written_goes_record_by_record() -> N
     assert _keys(ctx) == [("k", "a", b"1"), ("k", "b", b"2")]
     ctx.create_documents("k", ["c", "c"], [b"3", b"4"])  # one id twice: the later wins
     assert ctx.get_document("k", "c") == b"4" and len(_keys(ctx)) == 3
+
+
+def test_an_empty_body_written_one_by_one_hides_the_version_created_in_bulk() -> None:
+    ctx = _context()
+    ctx.create_documents("k", ["a"], [b"1"])
+    ctx.put_document("k", "a", b"")
+    assert ctx.get_document("k", "a") == b"" and ctx.get_documents("k", ["a"]) == {"a": b""}

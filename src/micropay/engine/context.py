@@ -172,7 +172,9 @@ class BatchContext:
         found: dict[str, bytes] = {}
         unwritten: list[str] = []
         for document_id in document_ids:
-            body = written.get((kind, document_id)) or block.get(document_id)
+            body = written.get((kind, document_id))
+            if body is None:
+                body = block.get(document_id)
             if body is None:
                 unwritten.append(document_id)
             else:
