@@ -21,6 +21,7 @@ from micropay.models import chart, payments
 from micropay.models.charge_columns import ColumnCharges, charge_columns
 from micropay.models.payments import ChargeRequest, ChargeResult, MerchantRequest
 from micropay.models.records import SpendCap, decode_merchant_holds
+from micropay.models.rules import platform_fee, platform_fees
 from micropay.models.tab import read_accrual
 
 PAYERS = ["p0", "p1", "p2", "cap", "post", "hyb", "grant", "euro"]
@@ -267,3 +268,14 @@ def test_a_transfer_bearing_a_new_charges_leg_id_keeps_the_operation_off_the_col
     [(code, _)] = shop.engine.create_transfers([TransferRequest("charge:c5:wallet", wallet, merchant, 7, USD)])
     assert code.value == "ok"
     assert not used_columns(shop, plain(10))
+
+
+@given(
+    charges=st.lists(
+        st.tuples(st.integers(1, 10**9), st.integers(0, 10_000), st.integers(0, 1_000)), min_size=0, max_size=30
+    )
+)
+def test_platform_fees_of_a_column_are_each_amounts_platform_fee(charges: list[tuple[int, int, int]]) -> None:
+    amounts = [amount for amount, _, _ in charges]
+    terms = [(bps, fixed) for _, bps, fixed in charges]
+    assert platform_fees(amounts, terms) == [platform_fee(amount, bps, fixed) for amount, bps, fixed in charges]

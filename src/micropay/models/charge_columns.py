@@ -20,13 +20,12 @@ from itertools import repeat
 from typing import Protocol
 
 from micropay.engine import BatchContext
-from micropay.errors import require
 from micropay.ledger.limits import AMOUNT_MAX
 from micropay.ledger.validate import plain_columns
 from micropay.models import chart
 from micropay.models.collection import PayerRoom, open_room, wallet_alone
 from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, sources_of
-from micropay.models.rules import BPS_DENOMINATOR
+from micropay.models.rules import platform_fees
 
 COLUMN_CHARGES_MIN = 8
 """Fewest charges worth the column passes (and the ledger's fast path wants 8 transfers)."""
@@ -99,10 +98,7 @@ def charge_columns(
     if parties is None:
         return None
     ledger, fee_terms, merchant_accounts = parties
-    fees = [
-        min(amount, fixed + amount * percent_bps // BPS_DENOMINATOR)
-        for amount, (percent_bps, fixed) in zip(amounts, map(fee_terms.__getitem__, merchant_ids), strict=True)
-    ]
+    fees = platform_fees(amounts, [fee_terms[merchant_id] for merchant_id in merchant_ids])
     legs = [payer_legs[payer_id] for payer_id in payer_ids]
     if not _move(ctx, ledger, prefixes, legs, merchant_ids, merchant_accounts, amounts, fees):
         return None
@@ -215,10 +211,6 @@ def _merchant_parties(
         accounts[merchant_id] = chart.merchant_account(merchant_id)
     if len(ledgers) != 1:
         return None
-    require(
-        all(percent_bps >= 0 and fixed >= 0 for percent_bps, fixed in fee_terms.values()),
-        "a merchant's fee terms are not negative",
-    )
     return ledgers.pop(), fee_terms, accounts
 
 

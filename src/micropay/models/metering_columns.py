@@ -45,7 +45,7 @@ from micropay.models.metering import (
 from micropay.models.payments import DESCRIPTION_LENGTH_MAX
 from micropay.models.pricing import QUANTITY_MAX
 from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, encode_charge, sources_of
-from micropay.models.rules import BPS_DENOMINATOR, period_key
+from micropay.models.rules import period_key, platform_fee
 
 COLUMN_EVENTS_MIN = 8
 """Fewest events worth the column passes (and the ledger's fast path wants 8 transfers)."""
@@ -260,7 +260,7 @@ def _group_charges(
         elif rated.plan.metric not in charge.metrics:
             charge.metrics.append(rated.plan.metric)
         charge.amount += amount
-        charge.fee += min(amount, merchant.fee_fixed + amount * merchant.fee_percent_bps // BPS_DENOMINATOR)
+        charge.fee += platform_fee(amount, merchant.fee_percent_bps, merchant.fee_fixed)
         charge_ids.append(charge.charge_id)
     return charge_ids
 

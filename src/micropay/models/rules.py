@@ -49,6 +49,22 @@ def platform_fee(amount: int, percent_bps: int, fixed: int) -> int:
     return fee
 
 
+def platform_fees(amounts: list[int], terms: list[tuple[int, int]]) -> list[int]:
+    """``platform_fee`` of each amount under its ``(percent_bps, fixed)`` terms, in one pass
+    (the column paths: thousands of charges, checked once for the whole column)."""
+    require(
+        len(amounts) == len(terms) and all(percent_bps >= 0 and fixed >= 0 for percent_bps, fixed in set(terms)),
+        "platform_fees: one pair of non-negative terms per amount",
+    )
+    fees = [
+        min(amount, fixed + amount * percent_bps // BPS_DENOMINATOR)
+        for amount, (percent_bps, fixed) in zip(amounts, terms, strict=True)
+    ]
+    require(min(amounts, default=1) > 0, "platform_fees: amounts are positive")
+    require(all(map(int.__le__, fees, amounts)) and min(fees, default=0) >= 0, "platform_fees: fee outside 0..amount")
+    return fees
+
+
 def allocate(
     mode: str, amount: int, promo_available: int, wallet_available: int, tab_available: int
 ) -> tuple[int, int, int] | str:
