@@ -20,7 +20,7 @@ from micropay.ledger import TransferRequest
 from micropay.models import chart, payments
 from micropay.models.charge_columns import ColumnCharges, charge_columns
 from micropay.models.payments import ChargeRequest, ChargeResult, MerchantRequest
-from micropay.models.records import SpendCap, decode_merchant_holds
+from micropay.models.records import SpendCap, decode_charge, decode_merchant_holds, encode_charge, new_charges
 from micropay.models.rules import platform_fee, platform_fees
 from micropay.models.tab import read_accrual
 
@@ -279,3 +279,27 @@ def test_platform_fees_of_a_column_are_each_amounts_platform_fee(charges: list[t
     amounts = [amount for amount, _, _ in charges]
     terms = [(bps, fixed) for _, bps, fixed in charges]
     assert platform_fees(amounts, terms) == [platform_fee(amount, bps, fixed) for amount, bps, fixed in charges]
+
+
+@given(
+    charges=st.lists(
+        st.tuples(st.integers(1, 10**9), st.integers(0, 50), st.booleans(), st.text(max_size=8)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_new_charges_writes_what_encode_charge_writes_of_each_record(charges: list[tuple[int, int, bool, str]]) -> None:
+    count = len(charges)
+    amounts = [amount for amount, _, _, _ in charges]
+    fees = [min(fee, amount) for amount, fee, _, _ in charges]
+    parts = [(0, 0, amount) if on_tab else (0, amount, 0) for amount, _, on_tab, _ in charges]
+    descriptions = [description for _, _, _, description in charges]
+    ids = [f"c{i}" for i in range(count)]
+    records, bodies = new_charges(
+        ids, ["p"] * count, ["m"] * count, USD, amounts, fees, parts, descriptions, 7, ["charge"] * count
+    )
+    assert bodies == [encode_charge(record) for record in records]
+    assert [decode_charge(body) for body in bodies] == records
+    assert [(r.id, r.amount, r.platform_fee, r.merchant_amount) for r in records] == [
+        (i, a, f, a - f) for i, a, f in zip(ids, amounts, fees, strict=True)
+    ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Protocol
 
 from micropay.engine import BatchContext
@@ -24,15 +23,11 @@ from micropay.ledger.limits import AMOUNT_MAX
 from micropay.ledger.validate import plain_columns
 from micropay.models import chart
 from micropay.models.collection import PayerRoom, open_room, wallet_alone
-from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, sources_of
+from micropay.models.records import Charge, Merchant, Payer, new_charges
 from micropay.models.rules import platform_fees
 
 COLUMN_CHARGES_MIN = 8
 """Fewest charges worth the column passes (and the ledger's fast path wants 8 transfers)."""
-
-_NOTHING_REFUNDED = (0, 0, 0)
-_new_tuple = tuple.__new__  # Charge(*row) for a row of all its fields, without the call's frame
-_SUCCEEDED = "succeeded"
 
 
 class ChargeLike(Protocol):
@@ -104,57 +99,23 @@ def charge_columns(
         return None
 
     # The money has moved: nothing below refuses.
-    nets = [amount - fee for amount, fee in zip(amounts, fees, strict=True)]
     parts = [(0, 0, amount) if on_tab else (0, amount, 0) for (_, _, on_tab), amount in zip(legs, amounts, strict=True)]
-    descriptions = [request.description for request in requests]
-    kinds = [request.kind for request in requests]
-    now_ns = ctx.now_ns
-    rows = list(
-        zip(
-            ids,
-            payer_ids,
-            merchant_ids,
-            repeat(ledger),
-            amounts,
-            fees,
-            nets,
-            parts,
-            repeat(()),
-            repeat(_NOTHING_REFUNDED),
-            descriptions,
-            repeat(_SUCCEEDED),
-            repeat(now_ns),
-            kinds,
-            repeat(()),
-        )
+    records, bodies = new_charges(
+        ids,
+        payer_ids,
+        merchant_ids,
+        ledger,
+        amounts,
+        fees,
+        parts,
+        [request.description for request in requests],
+        ctx.now_ns,
+        [request.kind for request in requests],
     )
-    ctx.create_documents(record_kind, ids, [dumps(row) for row in rows])
-    records = list(
-        map(
-            _new_tuple,
-            repeat(Charge),
-            zip(
-                ids,
-                payer_ids,
-                merchant_ids,
-                repeat(ledger),
-                amounts,
-                fees,
-                nets,
-                [sources_of(*split) for split in parts],
-                repeat(()),
-                repeat(NO_SOURCES),
-                descriptions,
-                repeat(_SUCCEEDED),
-                repeat(now_ns),
-                kinds,
-                repeat(()),
-            ),
-        )
-    )
+    ctx.create_documents(record_kind, ids, bodies)
     earnings: dict[str, int] = {}
-    for merchant_id, net in zip(merchant_ids, nets, strict=True):
-        earnings[merchant_id] = earnings.get(merchant_id, 0) + net
+    for record in records:
+        earnings[record.merchant_id] = earnings.get(record.merchant_id, 0) + record.merchant_amount
     return ColumnCharges(records, rooms, earnings)
 
 

