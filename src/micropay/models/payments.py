@@ -9,7 +9,7 @@ Raising ``Refused`` (or any error) undoes everything the operation did: a declin
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import TypeVar
@@ -560,12 +560,19 @@ def _charge_by_columns(ctx: BatchContext, requests: list[ChargeRequest]) -> list
     made = charge_columns(ctx, requests, payers, merchants, CHARGE)
     if made is None:
         return None
-    for room in made.rooms:
-        room.book(ctx)
-    now_ns = ctx.now_ns
-    for merchant_id, net in made.earnings.items():
-        _add_earnings(ctx, merchants[merchant_id], net, now_ns)
+    _book_charges(ctx, made.rooms, made.earnings, merchants)
     return list(zip(made.records, repeat(False)))
+
+
+def _book_charges(
+    ctx: BatchContext, rooms: Iterable[PayerRoom], earnings: dict[str, int], merchants: Mapping[str, Merchant]
+) -> None:
+    """Once an operation's charges have moved their money: each payer's tab accrual, promo
+    grants and cap usage (its room), each merchant's earnings on hold."""
+    for room in rooms:
+        room.book(ctx)
+    for merchant_id, net in earnings.items():
+        _add_earnings(ctx, merchants[merchant_id], net, ctx.now_ns)
 
 
 def _existing_charge(ctx: BatchContext, request: ChargeRequest, made: set[str]) -> Charge | None:
@@ -756,11 +763,8 @@ class ChargeDesk:
     def book(self) -> None:
         """Once the charges' money has moved: each payer's tab accrual, promo grants and cap
         usage, each merchant's earnings on hold."""
-        ctx = self.ctx
-        for room in self.rooms.values():
-            room.book(ctx)
-        for merchant_id, net in self.earnings.items():
-            _add_earnings(ctx, self.merchants[merchant_id][0], net, self.now_ns)
+        merchants = {merchant_id: found[0] for merchant_id, found in self.merchants.items()}
+        _book_charges(self.ctx, self.rooms.values(), self.earnings, merchants)
 
     def _payer(self, payer_id: str) -> Payer:
         payer = self.payers[payer_id] = get_payer(self.ctx, payer_id)

@@ -446,7 +446,6 @@ class Checkpointer:
         self._db.execute("PRAGMA synchronous=FULL")
         self._wake = threading.Event()
         self._closing = False
-        self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="micropay-checkpoint", daemon=True)
         self._thread.start()
 
@@ -462,7 +461,6 @@ class Checkpointer:
                 return
             try:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.checkpoints += 1
             except sqlite3.Error:  # busy with the writer's own checkpoint: the next nudge retries
                 continue
 
