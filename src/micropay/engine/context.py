@@ -62,7 +62,7 @@ class BatchContext:
         self._state = state
         self._reader = documents
         self._written: dict[DocumentKey, bytes] = {}
-        self._written_kinds: set[str] = set()  # the kinds in _written
+        self._written_kinds: set[str] = set()  # kinds ever put in _written this batch (kept on undo)
         self._created: set[DocumentKey] = set()
         self._undo: list[tuple[DocumentKey, bytes | None, bool]] = []  # key, body before, created before
         # Records made in bulk (create_documents): id -> body per kind, all new, none in _written
@@ -224,14 +224,12 @@ class BatchContext:
         written = self._written
         documents: list[Document] = []
         for kind, block in self._blocks.items():
-            if kind in self._written_kinds:
-                documents += [
-                    new(Document, (kind, document_id, body))
-                    for document_id, body in block.items()
-                    if (kind, document_id) not in written
-                ]
-            else:
-                documents += [new(Document, (kind, document_id, body)) for document_id, body in block.items()]
+            maybe_rewritten = kind in self._written_kinds
+            documents += [
+                new(Document, (kind, document_id, body))
+                for document_id, body in block.items()
+                if not maybe_rewritten or (kind, document_id) not in written
+            ]
         documents += [new(Document, (kind, document_id, body)) for (kind, document_id), body in written.items()]
         return documents
 
