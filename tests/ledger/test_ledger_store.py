@@ -39,7 +39,7 @@ from micropay.errors import StoreError, StoreLockedError, StoreSchemaError
 from micropay.ledger import AccountRequest, Journal, Result, Transfer
 from micropay.ledger.types import TransferColumns
 from micropay.store import SQLiteStore, open_store
-from micropay.store.base import Document
+from micropay.store.base import Document, DocumentBlock
 from micropay.store.codec import decode_batch, encode_batch
 from micropay.store.sqlite import SCHEMA_VERSION, sqlite_path
 
@@ -215,12 +215,12 @@ class FlakyStore(SQLiteStore):
         self.fail_next_write = False
         self.writes = 0
 
-    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
+    def write(self, journal: Journal, documents: Sequence[Document], blocks: Sequence[DocumentBlock] = ()) -> None:
         self.writes += 1
         if self.fail_next_write:
             self.fail_next_write = False
             raise StoreError("injected write failure")
-        super().write(journal, documents)
+        super().write(journal, documents, blocks)
 
 
 def test_a_failed_store_write_fails_the_whole_batch_and_memory_stays_equal_to_disk(db_path: Path, clock: Clock) -> None:

@@ -17,8 +17,15 @@ from micropay.ledger import Journal
 from micropay.models.metering import USAGE_EVENT, USAGE_EVENT_BY_PAYER
 from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore
-from micropay.store.base import Document
-from micropay.store.record_log import RecordColumns, RecordIndex, SortedIds, decode_header, encode_records
+from micropay.store.base import Document, DocumentBlock
+from micropay.store.record_log import (
+    RecordColumns,
+    RecordIndex,
+    SortedIds,
+    decode_header,
+    encode_record_groups,
+    encode_records,
+)
 from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, migration_statements, migration_steps
 
 OTHER = "payer"  # a kind kept in the documents table
@@ -192,11 +199,28 @@ DOCUMENTS = st.lists(
 
 @given(DOCUMENTS)
 def test_a_record_row_names_each_document_where_its_body_lies(documents: list[Document]) -> None:
+    """The row holds each kind's documents together, kinds in order, each kind's in the order given."""
     row = encode_records(documents)
     assert decode_header(row.header) == row.columns
     entries = row.columns.entries()
-    assert [(kind, document_id) for kind, document_id, _, _ in entries] == [(d.kind, d.id) for d in documents]
-    assert [row.data[start : start + length] for _, _, start, length in entries] == [d.body for d in documents]
+    expected = sorted(documents, key=lambda document: document.kind)
+    assert [(kind, document_id) for kind, document_id, _, _ in entries] == [(d.kind, d.id) for d in expected]
+    assert [row.data[start : start + length] for _, _, start, length in entries] == [d.body for d in expected]
+
+
+@given(DOCUMENTS, st.integers(0, 3))
+def test_a_record_row_of_blocks_equals_the_row_of_their_documents_one_by_one(
+    documents: list[Document], cut: int
+) -> None:
+    """Blocks of one kind, each made of consecutive documents of that kind, encode as the documents do."""
+    blocks: list[tuple[str, list[str], list[bytes]]] = []
+    for kind, document_id, body in documents:
+        if blocks and blocks[-1][0] == kind and len(blocks[-1][1]) <= cut:
+            blocks[-1][1].append(document_id)
+            blocks[-1][2].append(body)
+        else:
+            blocks.append((kind, [document_id], [body]))
+    assert encode_record_groups([DocumentBlock(*block) for block in blocks]) == encode_records(documents)
 
 
 def test_the_index_lists_ids_in_order_and_forgets_replaced_versions() -> None:

@@ -26,7 +26,7 @@ from micropay.ledger.validate import (
     columns_valid,
     transfer_columns,
 )
-from micropay.store.base import Document
+from micropay.store.base import Document, DocumentBlock
 
 T = TypeVar("T")
 
@@ -215,6 +215,15 @@ class BatchContext:
     def created(self, key: DocumentKey) -> bool:
         """Whether this batch writes ``key`` through ``create_document(s)`` (so it must be new)."""
         return key in self._created or key[1] in self._blocks.get(key[0], ())
+
+    def document_blocks(self) -> tuple[list[DocumentBlock], list[Document]]:
+        """What this batch writes for a store that takes blocks: the blocks whole, then the
+        records written one by one (newer than any block version of the same id)."""
+        new = tuple.__new__
+        return (
+            [DocumentBlock(kind, list(block), list(block.values())) for kind, block in self._blocks.items() if block],
+            [new(Document, (kind, document_id, body)) for (kind, document_id), body in self._written.items()],
+        )
 
     def documents(self) -> list[Document]:
         """What this batch writes, the newest version of each once: the blocks' records (but

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
 from micropay.ledger import Account, Ledger, LedgerState, Transfer
-from micropay.store.base import Document, LogStore
+from micropay.store.base import Document, DocumentBlock, LogStore
 
 DOCUMENT_CACHE_MAX = 1_000_000
 """Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
@@ -77,9 +77,14 @@ class DocumentCache:
             self._entries.clear()
         self._entries[key] = body
 
-    def committed(self, documents: Sequence[Document]) -> None:
-        """A batch's documents are durable (in order: of one id, the later is the newer)."""
+    def committed(self, documents: Sequence[Document], blocks: Sequence[DocumentBlock] = ()) -> None:
+        """A batch's documents are durable (of one id, the later is the newer: blocks in order,
+        then ``documents``)."""
         passed = self._passed_kinds
+        for kind, ids, bodies in blocks:
+            if kind not in passed:
+                for document_id, body in zip(ids, bodies, strict=True):
+                    self._remember((kind, document_id), body)
         for kind, document_id, body in documents:
             if kind not in passed:
                 self._remember((kind, document_id), body)
@@ -118,16 +123,16 @@ class MemoryCore:
                 applied = time.perf_counter()
                 stats.apply_s += applied - started
                 journal = state.journal()
-                documents = context.documents()
-                if not journal.is_empty() or documents:
-                    self._store.write(journal, documents)
+                blocks, documents = context.document_blocks()
+                if not journal.is_empty() or documents or blocks:
+                    self._store.write(journal, documents, blocks)
                     stats.syncs += 1
                     stats.write_s += time.perf_counter() - applied
             except BaseException:
                 state.rollback()
                 raise
             state.commit()
-            self._documents.committed(documents)
+            self._documents.committed(documents, blocks)
             stats.batches += 1
             if self._verify_every_batches and stats.batches % self._verify_every_batches == 0:
                 state.verify()

@@ -22,6 +22,15 @@ class Document(NamedTuple):
     body: bytes
 
 
+class DocumentBlock(NamedTuple):
+    """Many new documents of one kind written with a batch, as two lists: an operation that
+    makes thousands of records hands them to the store whole, not one ``Document`` each."""
+
+    kind: str
+    ids: Sequence[str]
+    bodies: Sequence[bytes]
+
+
 class Store(Protocol):
     """Durable home of the ledger: what every store answers, whoever writes it."""
 
@@ -63,6 +72,7 @@ class LogStore(Store, Protocol):
         """Every committed change, oldest first, for the engine to replay at start."""
         ...
 
-    def write(self, journal: Journal, documents: Sequence[Document]) -> None:
-        """Persist one batch atomically and durably, or raise StoreError having written nothing."""
+    def write(self, journal: Journal, documents: Sequence[Document], blocks: Sequence[DocumentBlock] = ()) -> None:
+        """Persist one batch atomically and durably, or raise StoreError having written nothing.
+        Of one kind and id, the newest version is the last: ``blocks`` in order, then ``documents``."""
         ...

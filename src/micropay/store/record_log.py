@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import orjson
 
 from micropay.errors import StoreSchemaError, require
-from micropay.store.base import Document
+from micropay.store.base import Document, DocumentBlock
 
 _CHUNK_IDS_MAX = 4096
 """Ids per chunk of a kind's sorted ids (a full chunk splits in two)."""
@@ -88,20 +88,38 @@ class RecordRow:
 
 def encode_records(documents: Sequence[Document]) -> RecordRow:
     """The row for ``documents`` (in order: of one id, the later replaces the earlier)."""
-    require(len(documents) > 0, "a record row holds at least one document")
-    document_kinds = [document.kind for document in documents]
-    kinds = sorted(set(document_kinds))
-    if len(kinds) == 1:
-        kind_numbers = [0] * len(documents)
-    else:
-        numbers = {kind: number for number, kind in enumerate(kinds)}
-        kind_numbers = [numbers[kind] for kind in document_kinds]
-    ids = [document.id for document in documents]
-    lengths = [len(document.body) for document in documents]
-    data = b"".join([document.body for document in documents])
+    return encode_record_groups([DocumentBlock(kind, [document_id], [body]) for kind, document_id, body in documents])
+
+
+def encode_record_groups(groups: Sequence[DocumentBlock]) -> RecordRow:
+    """The row for documents given as (kind, ids, bodies) groups, in order (of one kind and id,
+    the later replaces the earlier). The row holds each kind's documents together, so a batch's
+    thousands of records of one kind are copied as whole lists, never one by one."""
+    require(len(groups) > 0, "a record row holds at least one document")
+    by_kind: dict[str, tuple[list[str], list[bytes]]] = {}
+    for kind, ids, bodies in groups:
+        require(len(ids) == len(bodies), "a record group holds one body per id")
+        found = by_kind.get(kind)
+        if found is None:
+            by_kind[kind] = (list(ids), list(bodies))
+        else:
+            found[0].extend(ids)
+            found[1].extend(bodies)
+    kinds = sorted(by_kind)
+    kind_numbers: list[int] = []
+    ids_all: list[str] = []
+    bodies_all: list[bytes] = []
+    for number, kind in enumerate(kinds):
+        ids, bodies = by_kind[kind]
+        kind_numbers += itertools.repeat(number, len(ids))
+        ids_all += ids
+        bodies_all += bodies
+    require(len(ids_all) > 0, "a record row holds at least one document")
+    lengths = list(map(len, bodies_all))
+    data = b"".join(bodies_all)
     require(len(data) <= _OFFSET_MAX, "a batch's logged documents stay under 4 GiB")
-    header = orjson.dumps([kinds, kind_numbers, ids, lengths])
-    return RecordRow(header, data, RecordColumns(kinds, kind_numbers, ids, _starts(lengths), lengths))
+    header = orjson.dumps([kinds, kind_numbers, ids_all, lengths])
+    return RecordRow(header, data, RecordColumns(kinds, kind_numbers, ids_all, _starts(lengths), lengths))
 
 
 def decode_header(header: bytes) -> RecordColumns:
