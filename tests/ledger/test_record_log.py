@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -206,6 +207,34 @@ def test_a_record_row_names_each_document_where_its_body_lies(documents: list[Do
     expected = sorted(documents, key=lambda document: document.kind)
     assert [(kind, document_id) for kind, document_id, _, _ in entries] == [(d.kind, d.id) for d in expected]
     assert [row.data[start : start + length] for _, _, start, length in entries] == [d.body for d in expected]
+
+
+def _kind_runs_one_by_one(columns: RecordColumns) -> list[tuple[str, list[str], list[int], list[int]]]:
+    runs: dict[str, tuple[str, list[str], list[int], list[int]]] = {}
+    for kind, document_id, start, length in columns.entries():
+        run = runs.setdefault(kind, (kind, [], [], []))
+        run[1].append(document_id)
+        run[2].append(start)
+        run[3].append(length)
+    return [runs[kind] for kind in columns.kinds if kind in runs]
+
+
+@given(DOCUMENTS, st.randoms(use_true_random=False))
+def test_a_rows_documents_by_kind_keep_their_order_however_the_row_lays_them_out(
+    documents: list[Document], rng: Any
+) -> None:
+    columns = encode_records(documents).columns
+    assert columns.by_kind() == _kind_runs_one_by_one(columns)
+    order = list(range(len(columns.ids)))
+    rng.shuffle(order)  # a row as an older version wrote it: kinds interleaved
+    shuffled = RecordColumns(
+        columns.kinds,
+        [columns.kind_numbers[i] for i in order],
+        [columns.ids[i] for i in order],
+        [columns.starts[i] for i in order],
+        [columns.lengths[i] for i in order],
+    )
+    assert shuffled.by_kind() == _kind_runs_one_by_one(shuffled)
 
 
 @given(DOCUMENTS, st.integers(0, 3))

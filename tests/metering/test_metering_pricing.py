@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from micropay.errors import Refused
+from micropay.models.metering import Usage, decode_usage, encode_usage, usage_of
 from micropay.models.pricing import (
     QUANTITY_MAX,
     TIERS_MAX,
@@ -22,6 +23,7 @@ from micropay.models.pricing import (
     parse_pricing,
     pricing_to_json,
 )
+from micropay.models.records import encode
 
 GRADUATED_WITH_FLATS: dict[str, Any] = {
     "model": "graduated",
@@ -262,3 +264,21 @@ def test_the_rating_shortcut_of_a_bounded_last_tier_prices_every_quantity_up_to_
     assert [floor(quantity) for quantity in range(26)] == [
         math.floor(reference_price(pricing, quantity)) for quantity in range(26)
     ]
+
+
+@given(
+    st.builds(
+        Usage,
+        st.text(min_size=1, max_size=8),
+        st.text(min_size=1, max_size=8),
+        st.text(min_size=1, max_size=8),
+        st.integers(0, 10**12),
+        st.integers(0, 10**15),
+        st.integers(0, 10**9),
+        st.sampled_from(["", "insufficient_funds"]),
+    )
+)
+def test_a_usage_record_is_written_as_the_record_encodes_and_reads_back_equal(usage: Usage) -> None:
+    body = encode_usage(usage)
+    assert body == encode(usage)
+    assert decode_usage(body) == usage == usage_of(body)

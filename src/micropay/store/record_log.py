@@ -66,6 +66,16 @@ class RecordColumns:
         """(kind, ids, starts, lengths) per kind, in the row's order within each kind."""
         if len(self.kinds) == 1:
             return [(self.kinds[0], self.ids, self.starts, self.lengths)]
+        numbers = self.kind_numbers
+        if numbers == sorted(numbers):  # each kind's documents together, as encode_record_groups writes
+            runs: list[tuple[str, list[str], list[int], list[int]]] = []
+            start = 0
+            for number, kind in enumerate(self.kinds):
+                end = bisect.bisect_right(numbers, number, start)
+                if end > start:
+                    runs.append((kind, self.ids[start:end], self.starts[start:end], self.lengths[start:end]))
+                start = end
+            return runs
         groups: list[tuple[str, list[str], list[int], list[int]]] = [(kind, [], [], []) for kind in self.kinds]
         for number, document_id, start, length in zip(
             self.kind_numbers, self.ids, self.starts, self.lengths, strict=True
