@@ -138,7 +138,7 @@ _usage_written: dict[bytes, Usage] = {}
 
 
 def encode_usage(usage: Usage) -> bytes:
-    """A usage record's bytes, remembering the record by its bytes: most batches read back the usage
+    """A usage record's bytes, the record remembered by them: most batches read back the usage
     the one before wrote (each of a busy payer's plans, every batch), and decoding it again
     cost a tenth of a batch's time. Records are immutable, and bytes always decode to the
     record that made them."""

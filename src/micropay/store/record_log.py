@@ -105,7 +105,6 @@ def encode_record_groups(groups: Sequence[DocumentBlock]) -> RecordRow:
     """The row for documents given as (kind, ids, bodies) groups, in order (of one kind and id,
     the later replaces the earlier). The row holds each kind's documents together, so a batch's
     thousands of records of one kind are copied as whole lists, never one by one."""
-    require(len(groups) > 0, "a record row holds at least one document")
     by_kind: dict[str, tuple[list[str], list[bytes]]] = {}
     for kind, ids, bodies in groups:
         require(len(ids) == len(bodies), "a record group holds one body per id")
