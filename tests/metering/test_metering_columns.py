@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from metering_testkit import Meter
 from models_testkit import DAY_NS, USD, Clock, World, utc_ns
 
-from micropay.engine import BatchContext
 from micropay.errors import ApiError
 from micropay.models import metering, metering_batch, payments
 from micropay.models.metering import EventRequest, EventResult
@@ -95,18 +94,7 @@ def state_of(world: World, ids: set[str]) -> dict[str, Any]:
 def used_columns(world: World, requests: list[EventRequest]) -> bool:
     """Whether the column path takes ``requests`` now (tried in an operation that is undone)."""
 
-    class Undo(Exception):
-        pass
-
-    taken: list[bool] = []
-
-    def probe(ctx: BatchContext) -> None:
-        taken.append(rate_columns(ctx, requests) is not None)
-        raise Undo
-
-    with pytest.raises(Undo):
-        world.call(probe)
-    return taken[0]
+    return world.peek(lambda ctx: rate_columns(ctx, requests) is not None)
 
 
 event_requests = st.builds(

@@ -86,6 +86,10 @@ class Clock:
 Snapshot = dict[str, tuple[int, int, int, int]]
 
 
+class _Undo(Exception):
+    """Raised inside a batch to undo what an operation did there (``World.peek``)."""
+
+
 class World:
     """One engine on a SQLite file with the USD ledger (scale 2), the simulated rails, and
     shorthands for the model operations. Every shorthand goes through ``engine.call``."""
@@ -112,6 +116,18 @@ class World:
 
     def call(self, operation: Callable[[BatchContext], T]) -> T:
         return self.engine.call(operation)
+
+    def peek(self, operation: Callable[[BatchContext], T]) -> T:
+        """What ``operation`` answers inside a batch, everything it did there undone."""
+        answers: list[T] = []
+
+        def run(ctx: BatchContext) -> None:
+            answers.append(operation(ctx))
+            raise _Undo
+
+        with pytest.raises(_Undo):
+            self.call(run)
+        return answers[0]
 
     def ledger(self, code: str = USD, scale: int = 2) -> None:
         self.engine.create_ledger(code, scale)

@@ -79,20 +79,12 @@ def state_of(world: World) -> dict[str, Any]:
 def used_columns(world: World, requests: list[ChargeRequest]) -> bool:
     """Whether the column path takes ``requests`` now (tried in an operation that is undone)."""
 
-    class Undo(Exception):
-        pass
-
-    taken: list[bool] = []
-
-    def probe(ctx: BatchContext) -> None:
+    def probe(ctx: BatchContext) -> bool:
         payers = {p: payments.get_payer(ctx, p) for p in {r.payer_id for r in requests} if p in PAYERS}
         merchants = {m: payments.get_merchant(ctx, m) for m in {r.merchant_id for r in requests} if m in MERCHANTS}
-        taken.append(charge_columns(ctx, requests, payers, merchants, payments.CHARGE) is not None)
-        raise Undo
+        return charge_columns(ctx, requests, payers, merchants, payments.CHARGE) is not None
 
-    with pytest.raises(Undo):
-        world.call(probe)
-    return taken[0]
+    return world.peek(probe)
 
 
 charge_requests = st.builds(
