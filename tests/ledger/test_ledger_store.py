@@ -34,10 +34,11 @@ from ledger_testkit import (
     wallet,
 )
 
-from micropay.engine import Engine
+from micropay.engine import BatchContext, Engine
 from micropay.errors import StoreError, StoreLockedError, StoreSchemaError
 from micropay.ledger import AccountRequest, Journal, Result, Transfer
 from micropay.ledger.types import TransferColumns
+from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore, open_store
 from micropay.store.base import Document, DocumentBlock
 from micropay.store.codec import decode_batch, encode_batch
@@ -275,6 +276,30 @@ def test_a_failed_store_write_fails_the_whole_batch_and_memory_stays_equal_to_di
         reopened.verify()
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("kind", [CHARGE, "note"])
+def test_a_record_created_in_bulk_then_put_again_in_its_batch_is_stored_in_the_newer_version(
+    db_path: Path, clock: Clock, kind: str
+) -> None:
+    """Whether the kind goes to the record log (charges) or the documents table (others)."""
+
+    def batch(ctx: BatchContext) -> None:
+        ctx.create_documents(kind, ["a", "b"], [b'"a1"', b'"b1"'])
+        ctx.put_document(kind, "a", b'"a2"')
+
+    engine = Engine(SQLiteStore(db_path), clock_ns=clock)
+    try:
+        engine.call(batch)
+        assert (engine.document(kind, "a"), engine.document(kind, "b")) == (b'"a2"', b'"b1"')
+    finally:
+        engine.close()
+    store = SQLiteStore(db_path)
+    try:
+        assert (store.read_document(kind, "a"), store.read_document(kind, "b")) == (b'"a2"', b'"b1"')
+        assert store.list_documents(kind, None, 10) == [("a", b'"a2"'), ("b", b'"b1"')]
+    finally:
+        store.close()
 
 
 def _refuse_transfer_writes(engines: Engines, refuse: bool) -> None:
