@@ -142,18 +142,7 @@ def encode_usage(usage: Usage) -> bytes:
     the one before wrote (each of a busy payer's plans, every batch), and decoding it again
     cost a tenth of a batch's time. Records are immutable, and bytes always decode to the
     record that made them."""
-    # A dict as orjson writes the dataclass, field by field (0.4 against 1.0 µs for the dataclass).
-    body = dumps(
-        {
-            "plan_id": usage.plan_id,
-            "period": usage.period,
-            "payer_id": usage.payer_id,
-            "quantity": usage.quantity,
-            "amount": usage.amount,
-            "minimum_charged": usage.minimum_charged,
-            "minimum_decline_code": usage.minimum_decline_code,
-        }
-    )
+    body = dumps(usage._asdict())  # an object of the fields, as the record has always been stored
     if len(_usage_written) >= USAGE_KEPT_MAX:
         _usage_written.clear()
     _usage_written[body] = usage

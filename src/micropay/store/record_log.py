@@ -98,22 +98,28 @@ class RecordRow:
 
 def encode_records(documents: Sequence[Document]) -> RecordRow:
     """The row for ``documents`` (in order: of one id, the later replaces the earlier)."""
-    return encode_record_groups([DocumentBlock(kind, [document_id], [body]) for kind, document_id, body in documents])
+    return encode_record_groups((), documents)
 
 
-def encode_record_groups(groups: Sequence[DocumentBlock]) -> RecordRow:
-    """The row for documents given as (kind, ids, bodies) groups, in order (of one kind and id,
-    the later replaces the earlier). The row holds each kind's documents together, so a batch's
-    thousands of records of one kind are copied as whole lists, never one by one."""
+def encode_record_groups(blocks: Sequence[DocumentBlock], documents: Sequence[Document] = ()) -> RecordRow:
+    """The row for ``blocks`` in order, then ``documents`` (of one kind and id, the later
+    replaces the earlier). The row holds each kind's documents together, so a batch's thousands
+    of records of one kind are copied as whole lists, never one by one."""
     by_kind: dict[str, tuple[list[str], list[bytes]]] = {}
-    for kind, ids, bodies in groups:
-        require(len(ids) == len(bodies), "a record group holds one body per id")
+    for kind, ids, bodies in blocks:
+        require(len(ids) == len(bodies), "a record block holds one body per id")
         found = by_kind.get(kind)
         if found is None:
             by_kind[kind] = (list(ids), list(bodies))
         else:
             found[0].extend(ids)
             found[1].extend(bodies)
+    for kind, document_id, body in documents:
+        found = by_kind.get(kind)
+        if found is None:
+            found = by_kind[kind] = ([], [])
+        found[0].append(document_id)
+        found[1].append(body)
     kinds = sorted(by_kind)
     kind_numbers: list[int] = []
     ids_all: list[str] = []

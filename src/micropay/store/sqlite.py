@@ -215,12 +215,8 @@ class SQLiteStore:
         db = self._db
         transfers = journal.transfers
         alone = not (journal.ledgers or journal.accounts or journal.credit_limits or documents or blocks)
-        logged = [block for block in blocks if block.kind in LOGGED_KINDS]
-        logged += [
-            DocumentBlock(document.kind, [document.id], [document.body])
-            for document in documents
-            if document.kind in LOGGED_KINDS
-        ]
+        logged_blocks = [block for block in blocks if block.kind in LOGGED_KINDS]
+        logged = [document for document in documents if document.kind in LOGGED_KINDS]
         rows = [
             (block.kind, document_id, body)
             for block in blocks
@@ -270,8 +266,8 @@ class SQLiteStore:
                 if rows:
                     db.executemany("INSERT OR REPLACE INTO documents (kind, id, body) VALUES (?, ?, ?)", rows)
                 records: tuple[int, RecordColumns] | None = None
-                if logged:
-                    row = encode_record_groups(logged)
+                if logged_blocks or logged:
+                    row = encode_record_groups(logged_blocks, logged)
                     seq = db.execute(_INSERT_RECORDS, (row.header, row.data)).lastrowid
                     if seq is None:
                         raise StoreError("the record row got no number")
