@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from micropay.engine.memory import DocumentCache
 from micropay.errors import StoreError, StoreSchemaError
 from micropay.ledger import Journal
-from micropay.models.metering import USAGE_EVENT, USAGE_EVENT_BY_PAYER
+from micropay.models.metering import USAGE, USAGE_EVENT, USAGE_EVENT_BY_PAYER
 from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore
 from micropay.store.base import Document, DocumentBlock
@@ -48,8 +48,8 @@ def _rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
         return db.execute(sql).fetchall()
 
 
-def test_the_logged_kinds_are_the_charge_records_the_usage_events_and_their_buckets() -> None:
-    assert {CHARGE, USAGE_EVENT, USAGE_EVENT_BY_PAYER} == LOGGED_KINDS
+def test_the_logged_kinds_are_the_charge_records_the_usage_events_their_buckets_and_the_usage() -> None:
+    assert {CHARGE, USAGE_EVENT, USAGE_EVENT_BY_PAYER, USAGE} == LOGGED_KINDS
     assert OTHER not in LOGGED_KINDS
 
 
@@ -158,9 +158,37 @@ def test_opening_a_version_2_database_moves_its_usage_event_buckets_into_the_rec
         )
     store = SQLiteStore(db_path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION
         assert store.list_documents(USAGE_EVENT_BY_PAYER, None, 10) == [("p1:01", b'["e1"]'), ("p1:02", b'["e2"]')]
         assert store.read_document(OTHER, "p") == b"x"
+    finally:
+        store.close()
+    assert _rows(db_path, "SELECT kind, id FROM documents") == [(OTHER, "p")]
+
+
+def test_opening_a_version_3_database_moves_its_usage_records_into_the_record_log(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        for version in range(3):
+            for step in migration_steps("sqlite", version):  # the data steps have nothing to move yet
+                if isinstance(step, str):
+                    db.execute(step)
+        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '3')")
+        db.executemany(
+            "INSERT INTO documents (kind, id, body) VALUES (?, ?, ?)",
+            [(USAGE, "calls:2026-11:p2", b"[2]"), (USAGE, "calls:2026-11:p1", b"[1]"), (OTHER, "p", b"x")],
+        )
+    store = SQLiteStore(db_path)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.list_documents(USAGE, "calls:2026-11:", 10) == [
+            ("calls:2026-11:p1", b"[1]"),
+            ("calls:2026-11:p2", b"[2]"),
+        ]
+        _write(store, Document(USAGE, "calls:2026-11:p1", b"[3]"))
+        assert store.read_documents(USAGE, ["calls:2026-11:p1", "calls:2026-11:p2"]) == {
+            "calls:2026-11:p1": b"[3]",
+            "calls:2026-11:p2": b"[2]",
+        }
     finally:
         store.close()
     assert _rows(db_path, "SELECT kind, id FROM documents") == [(OTHER, "p")]
@@ -187,6 +215,23 @@ def test_the_engines_document_cache_leaves_logged_documents_to_the_stores_index(
     assert cache.get((CHARGE, "ch")) == b"c" and cache.get((CHARGE, "none")) is None
     assert cache.get_many(USAGE_EVENT, ["ev", "none"]) == {"ev": b"e"}
     assert (CHARGE, "ch") not in cache and (CHARGE, "none") not in cache and (USAGE_EVENT, "ev") not in cache
+
+
+def test_the_engines_document_cache_keeps_the_logged_usage_records_that_every_batch_reads_again(
+    store: SQLiteStore,
+) -> None:
+    cache = DocumentCache(store)
+    written = [Document(USAGE, "calls:2026-11:p1", b"[1]")]
+    _write(store, *written)
+    cache.committed(written)
+    assert (USAGE, "calls:2026-11:p1") in cache
+    assert cache.get_many(USAGE, ["calls:2026-11:p2"]) == {}
+    _write(store, Document(USAGE, "calls:2026-11:p2", b"[2]"))  # a version the cache has not seen
+    assert cache.get_many(USAGE, ["calls:2026-11:p1", "calls:2026-11:p2"]) == {
+        "calls:2026-11:p1": b"[1]",
+        "calls:2026-11:p2": b"[2]",
+    }
+    assert (USAGE, "calls:2026-11:p2") in cache
 
 
 # ----------------------------------------------------------------------------- the row codec

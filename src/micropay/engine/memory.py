@@ -26,13 +26,14 @@ class DocumentCache:
     Kinds the store indexes in memory itself (``LogStore.indexed_kinds``: the busiest, a usage
     event or a charge record per payment) are left to it: kept here they would fill the cache
     within minutes of traffic, and each time it filled it would start over, dropping the payers,
-    merchants and usage records that every batch reads again."""
+    merchants and usage records that every batch reads again. Those of them that later batches
+    read again (``LogStore.cached_kinds``: usage records) are kept all the same."""
 
     def __init__(self, store: LogStore, entries_max: int = DOCUMENT_CACHE_MAX) -> None:
         self._store = store
         self._entries: dict[DocumentKey, bytes | None] = {}
         self._entries_max = entries_max
-        self._passed_kinds = store.indexed_kinds
+        self._passed_kinds = store.indexed_kinds - store.cached_kinds
 
     def get(self, key: DocumentKey) -> bytes | None:
         entries = self._entries

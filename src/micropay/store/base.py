@@ -64,6 +64,10 @@ class LogStore(Store, Protocol):
     """Document kinds the store finds through an index in memory (no search on disk): a cache in
     front of it gains little by keeping them."""
 
+    cached_kinds: frozenset[str]
+    """Of ``indexed_kinds``, those a cache should keep all the same: records that later batches
+    read again (each read from the index is a query of the log)."""
+
     def any_document_exists(self, kind: str, document_ids: Sequence[str]) -> bool:
         """Whether any of these documents exists (one pass over the index for ``indexed_kinds``)."""
         ...

@@ -33,7 +33,7 @@ from micropay.store.record_log import (
     encode_record_groups,
     encode_records,
 )
-from micropay.store.schema import LOGGED_KINDS, SCHEMA_VERSION, LogDocuments, migration_steps
+from micropay.store.schema import LOGGED_KINDS, REREAD_KINDS, SCHEMA_VERSION, LogDocuments, migration_steps
 
 _READ_MANY_CHUNK = 8190
 """Ids looked up per query by ``read_documents`` (passed as one JSON array)."""
@@ -65,6 +65,7 @@ class SQLiteStore:
     """The embedded store. Opening it takes the file's writer lock for this process."""
 
     indexed_kinds = LOGGED_KINDS
+    cached_kinds = REREAD_KINDS
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
