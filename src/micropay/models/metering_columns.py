@@ -64,9 +64,13 @@ class _RatedPlan:
 
 @dataclass(slots=True)
 class _Group:
-    """One (plan, period, payer) of the batch: its stored usage and its running quantity."""
+    """One (plan, period, payer) of the batch: its stored usage (under ``document_id``), the
+    plan's rating, and the running quantity, its price's floor and what the batch charged."""
 
     usage: Usage
+    document_id: str
+    price_floor: Callable[[int], int]
+    capacity: int
     quantity: int
     floor: int
     amount: int = 0
@@ -111,18 +115,20 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     periods = _periods(timestamps)
     payer_ids = [request.payer_id for request in requests]
     plan_ids = [request.plan_id for request in requests]
-    parties = _parties(ctx, payer_ids, plan_ids, periods)
+    keys = list(zip(plan_ids, periods, payer_ids, strict=True))
+    group_keys = list(dict.fromkeys(keys))
+    parties = _parties(ctx, payer_ids, plan_ids, group_keys)
     if parties is None:
         return None
     payers, plans = parties
 
-    rated = _rate(ctx, plans, payer_ids, plan_ids, periods, quantities)
+    rated = _rate(ctx, plans, keys, group_keys, quantities)
     if rated is None:
         return None
     amounts, groups = rated
     totals: dict[str, int] = {}
-    for payer_id, amount in zip(payer_ids, amounts, strict=True):
-        totals[payer_id] = totals.get(payer_id, 0) + amount
+    for (_, _, payer_id), group in groups.items():
+        totals[payer_id] = totals.get(payer_id, 0) + group.amount
     available = ctx.available
     if any(total > (available(payers[payer_id].wallet_account) or 0) for payer_id, total in totals.items()):
         return None
@@ -171,7 +177,7 @@ def _periods(timestamps: list[int]) -> list[str]:
 
 
 def _parties(
-    ctx: BatchContext, payer_ids: list[str], plan_ids: list[str], periods: list[str]
+    ctx: BatchContext, payer_ids: list[str], plan_ids: list[str], group_keys: list[tuple[str, str, str]]
 ) -> tuple[dict[str, _Payer], dict[str, _RatedPlan]] | None:
     """The batch's payers (each paying from its wallet alone) and plans (with their merchants),
     or None if any is unknown, a payer pays otherwise, a period is closed, or a payer and a plan
@@ -191,7 +197,7 @@ def _parties(
             payers[payer_id] = _Payer(payer, wallet)
     except NotFound:
         return None
-    for payer_id, plan_id, period in dict.fromkeys(zip(payer_ids, plan_ids, periods, strict=True)):
+    for plan_id, period, payer_id in group_keys:
         plan = plans[plan_id].plan
         if payers[payer_id].payer.ledger != plan.ledger or period in plan.closed_periods:
             return None
@@ -201,36 +207,37 @@ def _parties(
 def _rate(
     ctx: BatchContext,
     plans: dict[str, _RatedPlan],
-    payer_ids: list[str],
-    plan_ids: list[str],
-    periods: list[str],
+    keys: list[tuple[str, str, str]],
+    group_keys: list[tuple[str, str, str]],
     quantities: list[int],
 ) -> tuple[list[int], _Groups] | None:
-    """Each event's amount, ``floor(price(after)) - floor(price(before))`` in its group, in
-    order, and the groups as the events leave them; None if an event would take its group past
-    the plan's capacity or cost more than one transfer may move."""
-    keys = list(zip(plan_ids, periods, payer_ids, strict=True))
-    document_ids = {key: usage_key(*key) for key in dict.fromkeys(keys)}
-    bodies = ctx.get_documents(USAGE, document_ids.values())
+    """Each event's amount, ``floor(price(after)) - floor(price(before))`` in its group (its
+    ``keys`` entry), in order, and the groups as the events leave them; None if a group would
+    end past its plan's capacity (quantities only grow, so no event before its end was) or an
+    event would cost more than one transfer may move."""
+    document_ids = [usage_key(*key) for key in group_keys]
+    bodies = ctx.get_documents(USAGE, document_ids)
     groups: _Groups = {}
-    for key, document_id in document_ids.items():
+    for key, document_id in zip(group_keys, document_ids, strict=True):
         body = bodies.get(document_id)
         usage = Usage(*key) if body is None else usage_of(body)
-        groups[key] = _Group(usage, usage.quantity, plans[key[0]].floor(usage.quantity))
+        rated = plans[key[0]]
+        groups[key] = _Group(
+            usage, document_id, rated.floor, rated.capacity, usage.quantity, rated.floor(usage.quantity)
+        )
     amounts: list[int] = []
+    append = amounts.append
     for key, quantity in zip(keys, quantities, strict=True):
         group = groups[key]
         after = group.quantity + quantity
-        rated = plans[key[0]]
-        if after > rated.capacity:
-            return None
-        floor_after = rated.floor(after)
-        amounts.append(floor_after - group.floor)
-        group.quantity, group.floor = after, floor_after
-    if max(amounts) > AMOUNT_MAX:
+        floor_after = group.price_floor(after)  # past the capacity too: refused below
+        amount = floor_after - group.floor
+        append(amount)
+        group.quantity = after
+        group.floor = floor_after
+        group.amount += amount
+    if max(amounts) > AMOUNT_MAX or any(group.quantity > group.capacity for group in groups.values()):
         return None
-    for key, amount in zip(keys, amounts, strict=True):
-        groups[key].amount += amount
     return amounts, groups
 
 
@@ -327,6 +334,8 @@ def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
             put_event_bucket(ctx, payer.id, state.event_ids)
     for merchant_id, net in earnings.items():
         pay._add_earnings(ctx, merchants[merchant_id], net, now_ns)
+    document_ids: list[str] = []
+    bodies: list[bytes] = []
     for (plan_id, period, payer_id), group in groups.items():
         old = group.usage
         usage = Usage(
@@ -338,4 +347,6 @@ def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
             old.minimum_charged,
             old.minimum_decline_code,
         )
-        ctx.put_document(USAGE, usage_key(plan_id, period, payer_id), encode_usage(usage))
+        document_ids.append(group.document_id)
+        bodies.append(encode_usage(usage))
+    ctx.put_documents(USAGE, document_ids, bodies)
