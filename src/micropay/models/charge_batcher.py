@@ -172,7 +172,8 @@ class _Run:
         return _with_metadata(requests, [item.metadata for item in self._items])(ctx)
 
     def done(self, future: Future[list[ChargeResult]]) -> None:
-        """In the engine thread, once the batch is durable (or failed)."""
+        """In the thread that answers the batch (on SQLite the engine's writer), once the batch
+        is durable (or failed): it must not wait for the engine."""
         items = self._items
         error = future.exception()
         if error is None:

@@ -177,7 +177,7 @@ class Location:
 
 
 class RecordIndex:
-    """Where each logged document lies, by kind and id. Not thread-safe: the store's mutex
+    """Where each logged document lies, by kind and id. Not thread-safe: the store's index lock
     guards it. Entries are added only for rows that are committed."""
 
     def __init__(self) -> None:
