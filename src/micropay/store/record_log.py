@@ -9,7 +9,8 @@ header naming each one's kind, id and length; the bodies one after another), and
 memory, rebuilt from the headers when the store opens, says where the newest version of each
 lies. A newer version of a document is a new entry; the index forgets the older one.
 
-The index costs memory for every logged document (its id and one integer, about 150 bytes),
+The index costs memory for every logged document (its id, one integer and its offsets, about
+165 bytes),
 as the ledger's transfer ids do, and opening reads every header (about 1.2 s a million
 documents here). Headers are columns (kinds, ids, lengths), so a batch is encoded and indexed in
 a few passes over lists rather than document by document. Lists read a kind's ids in order from
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,9 +34,10 @@ from micropay.store.base import Document, DocumentBlock
 
 _CHUNK_IDS_MAX = 4096
 """Ids per chunk of a kind's sorted ids (a full chunk splits in two)."""
-_OFFSET_BITS = 32
-_OFFSET_MAX = (1 << _OFFSET_BITS) - 1
+_OFFSET_MAX = (1 << 32) - 1
 """A row's bodies together, and each body, stay under 4 GiB (a batch is far smaller)."""
+_POSITION_BITS = 32
+_POSITION_MAX = (1 << _POSITION_BITS) - 1
 
 Entry = tuple[str, str, int, int]
 """A logged document as a row's header names it: kind, id, where its body starts in the row's
@@ -62,28 +65,26 @@ class RecordColumns:
             )
         ]
 
-    def by_kind(self) -> list[tuple[str, list[str], list[int], list[int]]]:
-        """(kind, ids, starts, lengths) per kind, in the row's order within each kind."""
+    def by_kind(self) -> list[tuple[str, list[str], Sequence[int]]]:
+        """(kind, ids, positions in the row) per kind, in the row's order within each kind: a
+        range when the kind's documents lie together, as ``encode_record_groups`` writes them."""
         if len(self.kinds) == 1:
-            return [(self.kinds[0], self.ids, self.starts, self.lengths)]
+            return [(self.kinds[0], self.ids, range(len(self.ids)))]
         numbers = self.kind_numbers
-        if numbers == sorted(numbers):  # each kind's documents together, as encode_record_groups writes
-            runs: list[tuple[str, list[str], list[int], list[int]]] = []
+        if numbers == sorted(numbers):
+            runs: list[tuple[str, list[str], Sequence[int]]] = []
             start = 0
             for number, kind in enumerate(self.kinds):
                 end = bisect.bisect_right(numbers, number, start)
                 if end > start:
-                    runs.append((kind, self.ids[start:end], self.starts[start:end], self.lengths[start:end]))
+                    runs.append((kind, self.ids[start:end], range(start, end)))
                 start = end
             return runs
-        groups: list[tuple[str, list[str], list[int], list[int]]] = [(kind, [], [], []) for kind in self.kinds]
-        for number, document_id, start, length in zip(
-            self.kind_numbers, self.ids, self.starts, self.lengths, strict=True
-        ):
-            _, ids, starts, lengths = groups[number]
+        groups: list[tuple[str, list[str], list[int]]] = [(kind, [], []) for kind in self.kinds]
+        for position, (number, document_id) in enumerate(zip(self.kind_numbers, self.ids, strict=True)):
+            _, ids, positions = groups[number]
             ids.append(document_id)
-            starts.append(start)
-            lengths.append(length)
+            positions.append(position)
         return [group for group in groups if group[1]]
 
 
@@ -178,9 +179,15 @@ class Location:
 
 class RecordIndex:
     """Where each logged document lies, by kind and id. Not thread-safe: the store's index lock
-    guards it. Entries are added only for rows that are committed."""
+    guards it. Entries are added only for rows that are committed.
+
+    A document's locator is its row and its position in the row; each row's starts and lengths
+    are kept as two arrays (16 bytes a document). Indexing a row is then a few C-level passes
+    per kind: 0.11 µs a document in a metering batch's row, against 0.19 µs when each locator
+    was made of the document's offsets."""
 
     def __init__(self) -> None:
+        self._rows: dict[int, tuple[array[int], array[int]]] = {}  # seq -> (starts, lengths)
         self._locators: dict[str, dict[str, int]] = {}
         self._ordered: dict[str, SortedIds] = {}  # a listed kind's ids in order, but for ...
         self._fresh: dict[str, list[str]] = {}  # ... its ids that arrived since, not yet in
@@ -188,30 +195,32 @@ class RecordIndex:
     def add(self, seq: int, columns: RecordColumns) -> None:
         """Record where the committed row ``seq``'s documents lie (of one id, the later in the
         row replaces the earlier, and any earlier row's)."""
-        require(seq > 0, "record rows are numbered from 1")
+        require(seq > 0 and seq not in self._rows, "record rows are numbered from 1, each indexed once")
         require(sum(columns.lengths) <= _OFFSET_MAX, "a record row's data stays under 4 GiB")
-        base = seq << (2 * _OFFSET_BITS)
-        for kind, ids, starts, lengths in columns.by_kind():
+        require(len(columns.ids) <= _POSITION_MAX, "a record row holds under 4 billion documents")
+        self._rows[seq] = (array("Q", columns.starts), array("Q", columns.lengths))
+        base = seq << _POSITION_BITS
+        for kind, ids, positions in columns.by_kind():
             locators = self._locators.get(kind)
             if locators is None:
                 locators = self._locators[kind] = {}
             fresh = self._fresh.get(kind)
             if fresh is not None:  # the kind has been listed: its new ids wait for the next list
                 fresh.extend(dict.fromkeys(document_id for document_id in ids if document_id not in locators))
-            locators.update(
-                zip(
-                    ids,
-                    [base | (start << _OFFSET_BITS) | length for start, length in zip(starts, lengths, strict=True)],
-                    strict=True,
-                )
-            )
+            if isinstance(positions, range):
+                located: Sequence[int] = range(base + positions.start, base + positions.stop)
+            else:
+                located = [base + position for position in positions]
+            locators.update(zip(ids, located, strict=True))
 
     def locate(self, kind: str, document_id: str) -> Location | None:
         locators = self._locators.get(kind)
         locator = None if locators is None else locators.get(document_id)
         if locator is None:
             return None
-        return Location(locator >> (2 * _OFFSET_BITS), (locator >> _OFFSET_BITS) & _OFFSET_MAX, locator & _OFFSET_MAX)
+        seq, position = locator >> _POSITION_BITS, locator & _POSITION_MAX
+        starts, lengths = self._rows[seq]
+        return Location(seq, starts[position], lengths[position])
 
     def any_of(self, kind: str, document_ids: Iterable[str]) -> bool:
         """Whether any of these ids has a document of ``kind`` (one C-level pass)."""
