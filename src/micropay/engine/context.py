@@ -49,10 +49,6 @@ class DocumentReader(Protocol):
         ...
 
 
-def _at_once() -> None:
-    """Every earlier batch is already in the store (a shared database: batches commit in turn)."""
-
-
 class BatchContext:
     """What one operation may do inside an engine batch: the view a model works against.
 
@@ -60,18 +56,11 @@ class BatchContext:
     shared database a batch that conflicts with another writer runs again, so an operation
     may run more than once before its batch commits: it must act only through this context
     (or take its inputs once), never with effects outside it that a second run would repeat.
-
-    What it reads through this context includes every earlier batch. The store itself may not
-    hold the last of them yet (a single-writer engine writes one batch while it applies the
-    next): an operation that reads the store directly calls ``settled()`` first.
     """
 
-    def __init__(
-        self, state: LedgerState, documents: DocumentReader, now_ns: int, settle: Callable[[], None] = _at_once
-    ) -> None:
+    def __init__(self, state: LedgerState, documents: DocumentReader, now_ns: int) -> None:
         self._state = state
         self._reader = documents
-        self._settle = settle
         self._written: dict[DocumentKey, bytes] = {}
         self._written_kinds: set[str] = set()  # kinds ever put in _written this batch (kept on undo)
         self._created: set[DocumentKey] = set()
@@ -124,11 +113,6 @@ class BatchContext:
         """Whether a transfer with this id exists (committed, or applied earlier in this batch)."""
         return self._state.transfer_locator(transfer_id) is not None
 
-    def settled(self) -> None:
-        """Wait until the store holds every earlier batch, for an operation about to read the
-        store directly. StoreError if one of them failed to write: this batch then fails whole."""
-        self._settle()
-
     def put_document(self, kind: str, document_id: str, body: bytes) -> None:
         """Write a record with this batch (replacing any older version)."""
         key = (kind, document_id)
@@ -163,16 +147,14 @@ class BatchContext:
     def any_document_exists(self, kind: str, document_ids: list[str]) -> bool:
         """Whether any of these documents exists (written in this batch, or committed): for an
         operation about to create records under many new ids."""
-        return self.wrote_any(kind, document_ids) or self._reader.any_exists(kind, document_ids)
-
-    def wrote_any(self, kind: str, document_ids: list[str]) -> bool:
-        """Whether this batch wrote any of these documents."""
         if kind in self._written_kinds and not self._written.keys().isdisjoint(
             [(kind, document_id) for document_id in document_ids]
         ):
             return True
         block = self._blocks.get(kind)
-        return block is not None and not block.keys().isdisjoint(document_ids)
+        if block is not None and not block.keys().isdisjoint(document_ids):
+            return True
+        return self._reader.any_exists(kind, document_ids)
 
     def create_documents(self, kind: str, document_ids: Sequence[str], bodies: Sequence[bytes]) -> None:
         """``create_document`` for many new records of one kind at once.
@@ -199,13 +181,6 @@ class BatchContext:
         """The newest versions of those of these documents that exist, as ``get_document`` would
         answer one by one, with one store read for all that are not in memory (for an operation
         about to look up many ids, most of them new)."""
-        found, unwritten = self.written_documents(kind, document_ids)
-        if unwritten:
-            found.update(self._reader.get_many(kind, unwritten))
-        return found
-
-    def written_documents(self, kind: str, document_ids: Iterable[str]) -> tuple[dict[str, bytes], list[str]]:
-        """The versions this batch wrote of these documents, and the ids it did not write."""
         written = self._written
         block = self._blocks.get(kind, {})
         found: dict[str, bytes] = {}
@@ -218,21 +193,19 @@ class BatchContext:
                 unwritten.append(document_id)
             else:
                 found[document_id] = body
-        return found, unwritten
+        if unwritten:
+            found.update(self._reader.get_many(kind, unwritten))
+        return found
 
     def get_document(self, kind: str, document_id: str) -> bytes | None:
         """The newest version: written earlier in this batch, else the committed one."""
-        body = self.written_document(kind, document_id)
-        return body if body is not None else self._reader.get((kind, document_id))
-
-    def written_document(self, kind: str, document_id: str) -> bytes | None:
-        """The version this batch wrote, if it wrote one."""
-        body = self._written.get((kind, document_id))
+        key = (kind, document_id)
+        body = self._written.get(key)
         if body is None:
             block = self._blocks.get(kind)
             if block is not None:
                 body = block.get(document_id)
-        return body
+        return body if body is not None else self._reader.get(key)
 
     def mark(self) -> tuple[int, int]:
         return len(self._undo), len(self._block_undo)
@@ -301,9 +274,6 @@ class QueuedOp:
 
 Outcome = tuple[bool, Any]
 """An operation's result (True, value) or the exception it raised (False, error)."""
-
-Answer = Callable[[Sequence[QueuedOp], "list[Outcome] | StoreError"], None]
-"""How a core hands a batch's outcomes (or the error that kept it from disk) to its callers."""
 
 
 def apply_ops(ops: Sequence[QueuedOp], state: LedgerState, context: BatchContext) -> list[Outcome]:

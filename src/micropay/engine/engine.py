@@ -7,10 +7,8 @@ and only then answers every caller in the batch (group commit). A store failure 
 whole batch and leaves nothing of it behind.
 
 How a batch is applied depends on the store: a single-writer store (SQLite) keeps the whole
-ledger in memory (``memory.MemoryCore``), and a writer thread writes each batch while the
-engine thread applies the next; a shared database (PostgreSQL) is read and locked afresh for
-every batch, so several engines can write it at once (``shared.SharedCore``). Either way no
-caller is answered, and no read answers, before what it saw is durable.
+ledger in memory (``memory.MemoryCore``); a shared database (PostgreSQL) is read and locked
+afresh for every batch, so several engines can write it at once (``shared.SharedCore``).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Protocol, TypeVar
 
-from micropay.engine.context import Answer, Operation, Outcome, QueuedOp
+from micropay.engine.context import Operation, Outcome, QueuedOp
 from micropay.engine.memory import MemoryCore
 from micropay.engine.stats import EngineStats
 from micropay.errors import (
@@ -72,15 +70,7 @@ class _Core(Protocol):
     shared: bool
     settle_lag_ns: int
 
-    def process(self, ops: Sequence[QueuedOp], now_ns: int, answer: Answer) -> None:
-        """Apply ``ops`` as one batch and make it durable; ``answer`` them once it is (in this
-        thread or another), with their outcomes or the StoreError that kept them from disk."""
-        ...
-
-    def close(self) -> None:
-        """Finish the batch being written, if any (the engine thread has stopped)."""
-        ...
-
+    def process(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]: ...
     def account(self, account_id: str) -> Account | None: ...
     def ledger(self, code: str) -> Ledger | None: ...
     def ledgers(self) -> list[Ledger]: ...
@@ -100,19 +90,6 @@ def _core_for(store: Store, stats: EngineStats, verify_every_batches: int, clock
         require(isinstance(store, PostgresStore), "a multi-writer store must be the PostgreSQL store")
         return SharedCore(store, stats, verify_every_batches, clock_ns)  # type: ignore[arg-type]
     return MemoryCore(store, stats, verify_every_batches)  # type: ignore[arg-type]
-
-
-def _answer(ops: Sequence[QueuedOp], outcomes: list[Outcome] | StoreError) -> None:
-    """Resolve each operation's future with its outcome, or every one with the store's error."""
-    if isinstance(outcomes, StoreError):
-        for op in ops:
-            op.future.set_exception(outcomes)
-        return
-    for op, (ok, value) in zip(ops, outcomes, strict=True):
-        if ok:
-            op.future.set_result(value)
-        else:
-            op.future.set_exception(value)
 
 
 class Engine:
@@ -328,11 +305,17 @@ class Engine:
 
     def _process(self, ops: list[QueuedOp]) -> None:
         try:
-            self._core.process(ops, self._clock_ns(), _answer)
+            outcomes = self._core.process(ops, self._clock_ns())
         except StoreError as error:
-            _answer(ops, error)
+            for op in ops:
+                op.future.set_exception(error)
             return
         self.stats.events += sum(op.size for op in ops)
+        for op, (ok, value) in zip(ops, outcomes, strict=True):
+            if ok:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(value)
 
     # ----------------------------------------------------------------- closing
     def close(self) -> None:
@@ -344,7 +327,6 @@ class Engine:
         if already:
             return
         self._thread.join()
-        self._core.close()
         self._store.close()
 
     def __enter__(self) -> Engine:

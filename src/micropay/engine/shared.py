@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from micropay.engine.context import Answer, BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
+from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
 from micropay.errors import BatchConflict, StoreError, require
 from micropay.ledger import Account, Ledger, LedgerState, PendingStatus, Transfer, TransferFlags
@@ -193,15 +193,8 @@ class SharedCore:
         self._ledgers: dict[str, Ledger] = {}
         self.verify()
 
-    def process(self, ops: Sequence[QueuedOp], now_ns: int, answer: Answer) -> None:
-        """Run one batch to a commit, again on a conflict, and answer it; StoreError when
-        attempts run out."""
-        answer(ops, self._commit(ops, now_ns))
-
-    def close(self) -> None:
-        """Nothing to finish: every batch commits before ``process`` returns."""
-
-    def _commit(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]:
+    def process(self, ops: Sequence[QueuedOp], now_ns: int) -> list[Outcome]:
+        """Run one batch to a commit, again on a conflict; StoreError when attempts run out."""
         known_ids: set[str] = set()
         for attempt in range(ATTEMPTS_MAX):
             batch = self._store.batch()

@@ -172,8 +172,7 @@ class _Run:
         return _with_metadata(requests, [item.metadata for item in self._items])(ctx)
 
     def done(self, future: Future[list[ChargeResult]]) -> None:
-        """In the thread that answers the batch (on SQLite the engine's writer), once the batch
-        is durable (or failed): it must not wait for the engine."""
+        """In the engine thread, once the batch is durable (or failed)."""
         items = self._items
         error = future.exception()
         if error is None:

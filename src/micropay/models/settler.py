@@ -12,12 +12,11 @@ Each tick reads, per queue, at most ``page_size`` entries after the queue's curs
 and never a scan of the objects themselves.
 
 Why nothing is skipped: the entries are listed *inside* an engine operation, from the store,
-once it holds every earlier batch (``BatchContext.settled``). Entry ids start with the due
-time, and every operation writes entries due no earlier than its own batch's clock reading, so
-an entry that a later batch writes sorts at or after that batch's "now", which is after the
-bound (``< now``) of any tick that ran before it. The cursor therefore only ever passes
-entries that were seen. (This assumes the engine clock does not run backwards, as ledger
-timestamps already do.)
+where every earlier batch is committed. Entry ids start with the due time, and every operation
+writes entries due no earlier than its own batch's clock reading, so an entry that a later batch
+writes sorts at or after that batch's "now", which is after the bound (``< now``) of any tick
+that ran before it. The cursor therefore only ever passes entries that were seen. (This assumes
+the engine clock does not run backwards, as ledger timestamps already do.)
 
 With several engines on one database (PostgreSQL) batches of other processes may still be in
 flight with an earlier clock reading, so the bound stays ``Engine.settle_lag_ns`` behind "now";
@@ -81,7 +80,7 @@ def _list_due(store: Store, kind: str, limit: int, lag_ns: int = 0) -> Callable[
     def run(ctx: BatchContext) -> list[Entry]:
         after = _cursor(ctx, kind)
         bound = index.due_bound(ctx.now_ns - lag_ns)
-        ctx.settled()  # now every earlier batch is in the store, with every entry due before ``bound``
+        # Every earlier batch is committed, so the store holds every entry due before ``bound``.
         rows = store.list_documents(kind, after, limit)
         return [(key, body) for key, body in rows if key < bound]
 

@@ -178,7 +178,7 @@ class Location:
 
 
 class RecordIndex:
-    """Where each logged document lies, by kind and id. Not thread-safe: the store's index lock
+    """Where each logged document lies, by kind and id. Not thread-safe: the store's mutex
     guards it. Entries are added only for rows that are committed.
 
     A document's locator is its row and its position in the row; each row's starts and lengths

@@ -81,9 +81,6 @@ class SQLiteStore:
         self._history: dict[str, array[int]] = {}
         self._history_seq = 0
         self._records = RecordIndex()
-        # The record index has a lock of its own: the engine asks it whether ids exist while the
-        # writer holds the connection (``_mutex``) for a batch. Taken after ``_mutex``, never before.
-        self._index_lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -282,8 +279,7 @@ class SQLiteStore:
                     db.execute("ROLLBACK")
                 raise StoreError(f"batch write failed: {error}") from error
             if records is not None:  # committed: now the index may say where they are
-                with self._index_lock:
-                    self._records.add(*records)
+                self._records.add(*records)
             self._checkpointer.nudge()
 
     # ----------------------------------------------------------------- reads
@@ -376,22 +372,18 @@ class SQLiteStore:
         return body
 
     def _read_logged_many(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
-        with self._index_lock:
-            located = [(document_id, self._records.locate(kind, document_id)) for document_id in document_ids]
-        with self._mutex:
-            return {
-                document_id: self._read_logged(location) for document_id, location in located if location is not None
-            }
+        found: dict[str, bytes] = {}
+        for document_id in document_ids:
+            location = self._records.locate(kind, document_id)
+            if location is not None:
+                found[document_id] = self._read_logged(location)
+        return found
 
     def read_document(self, kind: str, document_id: str) -> bytes | None:
-        if kind in LOGGED_KINDS:
-            with self._index_lock:
-                location = self._records.locate(kind, document_id)
-            if location is None:
-                return None
-            with self._mutex:
-                return self._read_logged(location)
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                location = self._records.locate(kind, document_id)
+                return None if location is None else self._read_logged(location)
             row = self._db.execute(
                 "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, document_id)
             ).fetchone()
@@ -399,15 +391,15 @@ class SQLiteStore:
 
     def any_document_exists(self, kind: str, document_ids: Sequence[str]) -> bool:
         if kind in LOGGED_KINDS:
-            with self._index_lock:
+            with self._mutex:
                 return self._records.any_of(kind, document_ids)
         return bool(self.read_documents(kind, document_ids))
 
     def read_documents(self, kind: str, document_ids: Sequence[str]) -> dict[str, bytes]:
-        if kind in LOGGED_KINDS:
-            return self._read_logged_many(kind, document_ids)
         found: dict[str, bytes] = {}
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                return self._read_logged_many(kind, document_ids)
             for start in range(0, len(document_ids), _READ_MANY_CHUNK):
                 wanted = orjson.dumps(list(document_ids[start : start + _READ_MANY_CHUNK])).decode()
                 rows = self._db.execute(
@@ -418,11 +410,10 @@ class SQLiteStore:
         return found
 
     def list_documents(self, kind: str, starting_after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        if kind in LOGGED_KINDS:
-            with self._index_lock:
-                ids = self._records.ids_after(kind, starting_after, limit)
-            return list(self._read_logged_many(kind, ids).items())
         with self._mutex:
+            if kind in LOGGED_KINDS:
+                ids = self._records.ids_after(kind, starting_after, limit)
+                return list(self._read_logged_many(kind, ids).items())
             rows = self._db.execute(
                 "SELECT id, body FROM documents WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
                 (kind, starting_after or "", limit),
