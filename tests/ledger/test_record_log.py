@@ -383,3 +383,12 @@ def _check(store: SQLiteStore, model: dict[tuple[str, str], bytes], starting_aft
         assert store.read_documents(kind, asked) == {i: of_kind[i] for i in asked if i in of_kind}
         expected = sorted((i, body) for i, body in of_kind.items() if starting_after is None or i > starting_after)
         assert store.list_documents(kind, starting_after, limit) == expected[:limit]
+
+
+def test_the_engines_document_cache_starts_over_rather_than_hold_more_than_its_bound(store: SQLiteStore) -> None:
+    cache = DocumentCache(store, entries_max=3)
+    cache.committed([Document(OTHER, "a", b"1"), Document(OTHER, "b", b"2")])
+    cache.committed((), [DocumentBlock(OTHER, ["c", "d"], [b"3", b"4"])])  # 4 > 3: it starts over
+    assert (OTHER, "c") in cache and (OTHER, "d") in cache and (OTHER, "a") not in cache
+    cache.committed((), [DocumentBlock(OTHER, ["e"], [b"5"])])
+    assert (OTHER, "e") in cache and (OTHER, "c") in cache

@@ -230,14 +230,22 @@ class BatchContext:
         """Whether this batch writes ``key`` through ``create_document(s)`` (so it must be new)."""
         return key in self._created or key[1] in self._blocks.get(key[0], ())
 
-    def document_blocks(self) -> tuple[list[DocumentBlock], list[Document]]:
-        """What this batch writes for a store that takes blocks: the blocks whole, then the
-        records written one by one (newer than any block version of the same id)."""
-        new = tuple.__new__
-        return (
-            [DocumentBlock(kind, list(block), list(block.values())) for kind, block in self._blocks.items() if block],
-            [new(Document, (kind, document_id, body)) for (kind, document_id), body in self._written.items()],
-        )
+    def document_blocks(self) -> list[DocumentBlock]:
+        """What this batch writes, for a store that takes blocks: the blocks of records created
+        in bulk, then the records written one by one, a block per kind (newer than any block
+        version of the same id; of one kind, in the order first written)."""
+        blocks = [
+            DocumentBlock(kind, list(block), list(block.values())) for kind, block in self._blocks.items() if block
+        ]
+        written: dict[str, tuple[list[str], list[bytes]]] = {}
+        for (kind, document_id), body in self._written.items():
+            found = written.get(kind)
+            if found is None:
+                found = written[kind] = ([], [])
+            found[0].append(document_id)
+            found[1].append(body)
+        blocks += [DocumentBlock(kind, ids, bodies) for kind, (ids, bodies) in written.items()]
+        return blocks
 
     def documents(self) -> list[Document]:
         """What this batch writes, the newest version of each once: the blocks' records (but

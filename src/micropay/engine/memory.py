@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from itertools import repeat
 
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
@@ -82,10 +83,12 @@ class DocumentCache:
         """A batch's documents are durable (of one id, the later is the newer: blocks in order,
         then ``documents``)."""
         passed = self._passed_kinds
+        entries = self._entries
         for kind, ids, bodies in blocks:
             if kind not in passed:
-                for document_id, body in zip(ids, bodies, strict=True):
-                    self._remember((kind, document_id), body)
+                if len(entries) + len(ids) > self._entries_max:
+                    entries.clear()
+                entries.update(zip(zip(repeat(kind), ids), bodies, strict=True))
         for kind, document_id, body in documents:
             if kind not in passed:
                 self._remember((kind, document_id), body)
@@ -124,16 +127,16 @@ class MemoryCore:
                 applied = time.perf_counter()
                 stats.apply_s += applied - started
                 journal = state.journal()
-                blocks, documents = context.document_blocks()
-                if not journal.is_empty() or documents or blocks:
-                    self._store.write(journal, documents, blocks)
+                blocks = context.document_blocks()
+                if not journal.is_empty() or blocks:
+                    self._store.write(journal, (), blocks)
                     stats.syncs += 1
                     stats.write_s += time.perf_counter() - applied
             except BaseException:
                 state.rollback()
                 raise
             state.commit()
-            self._documents.committed(documents, blocks)
+            self._documents.committed((), blocks)
             stats.batches += 1
             if self._verify_every_batches and stats.batches % self._verify_every_batches == 0:
                 state.verify()
