@@ -10,13 +10,12 @@ memory, rebuilt from the headers when the store opens, says where the newest ver
 lies. A newer version of a document is a new entry; the index forgets the older one.
 
 The index costs memory for every logged document (its id, one integer and its offsets, about
-165 bytes),
-as the ledger's transfer ids do, and opening reads every header (about 1.2 s a million
-documents here). Headers are columns (kinds, ids, lengths), so a batch is encoded and indexed in
-a few passes over lists rather than document by document. Lists read a kind's ids in order from
-sorted chunks made on the first list of that kind (about 0.8 s a million ids); ids that arrive
-later wait apart until the next list puts each into its chunk (a few µs an id), so no list
-re-sorts the kind.
+165 bytes), as the ledger's transfer ids do, and opening reads every header (about 1.2 s a
+million documents here). Headers are columns (kinds, ids, lengths), so a batch is encoded and
+indexed in a few passes over lists rather than document by document. Lists read a kind's ids
+in order from sorted chunks made on the first list of that kind (about 0.8 s a million ids);
+ids that arrive later wait apart until the next list puts each into its chunk (a few µs an
+id), so no list re-sorts the kind.
 """
 
 from __future__ import annotations
