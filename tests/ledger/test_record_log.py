@@ -43,6 +43,11 @@ def _write(store: SQLiteStore, *documents: Document) -> None:
     store.write(Journal(), list(documents))
 
 
+def _blocks(documents: list[Document]) -> list[DocumentBlock]:
+    """Each document as a block of its own, as a batch would hand them over."""
+    return [DocumentBlock(document.kind, [document.id], [document.body]) for document in documents]
+
+
 def _rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(db_path) as db:
         return db.execute(sql).fetchall()
@@ -209,7 +214,7 @@ def test_the_engines_document_cache_leaves_logged_documents_to_the_stores_index(
     cache = DocumentCache(store)
     written = [Document(CHARGE, "ch", b"c"), Document(USAGE_EVENT, "ev", b"e"), Document(OTHER, "p", b"p")]
     _write(store, *written)
-    cache.committed(written)
+    cache.committed(_blocks(written))
     assert (OTHER, "p") in cache
     assert (CHARGE, "ch") not in cache and (USAGE_EVENT, "ev") not in cache
     assert cache.get((CHARGE, "ch")) == b"c" and cache.get((CHARGE, "none")) is None
@@ -223,7 +228,7 @@ def test_the_engines_document_cache_keeps_the_logged_usage_records_that_every_ba
     cache = DocumentCache(store)
     written = [Document(USAGE, "calls:2026-11:p1", b"[1]")]
     _write(store, *written)
-    cache.committed(written)
+    cache.committed(_blocks(written))
     assert (USAGE, "calls:2026-11:p1") in cache
     assert cache.get_many(USAGE, ["calls:2026-11:p2"]) == {}
     _write(store, Document(USAGE, "calls:2026-11:p2", b"[2]"))  # a version the cache has not seen
@@ -387,8 +392,8 @@ def _check(store: SQLiteStore, model: dict[tuple[str, str], bytes], starting_aft
 
 def test_the_engines_document_cache_starts_over_rather_than_hold_more_than_its_bound(store: SQLiteStore) -> None:
     cache = DocumentCache(store, entries_max=3)
-    cache.committed([Document(OTHER, "a", b"1"), Document(OTHER, "b", b"2")])
-    cache.committed((), [DocumentBlock(OTHER, ["c", "d"], [b"3", b"4"])])  # 4 > 3: it starts over
+    cache.committed([DocumentBlock(OTHER, ["a", "b"], [b"1", b"2"])])
+    cache.committed([DocumentBlock(OTHER, ["c", "d"], [b"3", b"4"])])  # 4 > 3: it starts over
     assert (OTHER, "c") in cache and (OTHER, "d") in cache and (OTHER, "a") not in cache
-    cache.committed((), [DocumentBlock(OTHER, ["e"], [b"5"])])
+    cache.committed([DocumentBlock(OTHER, ["e"], [b"5"])])
     assert (OTHER, "e") in cache and (OTHER, "c") in cache

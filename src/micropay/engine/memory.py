@@ -15,7 +15,7 @@ from itertools import repeat
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
 from micropay.ledger import Account, Ledger, LedgerState, Transfer
-from micropay.store.base import Document, DocumentBlock, LogStore
+from micropay.store.base import DocumentBlock, LogStore
 
 DOCUMENT_CACHE_MAX = 1_000_000
 """Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
@@ -79,9 +79,9 @@ class DocumentCache:
             self._entries.clear()
         self._entries[key] = body
 
-    def committed(self, documents: Sequence[Document], blocks: Sequence[DocumentBlock] = ()) -> None:
-        """A batch's documents are durable (of one id, the later is the newer: blocks in order,
-        then ``documents``)."""
+    def committed(self, blocks: Sequence[DocumentBlock]) -> None:
+        """A batch's documents are durable (``BatchContext.document_blocks``: of one id, the
+        later is the newer)."""
         passed = self._passed_kinds
         entries = self._entries
         for kind, ids, bodies in blocks:
@@ -89,9 +89,6 @@ class DocumentCache:
                 if len(entries) + len(ids) > self._entries_max:
                     entries.clear()
                 entries.update(zip(zip(repeat(kind), ids), bodies, strict=True))
-        for kind, document_id, body in documents:
-            if kind not in passed:
-                self._remember((kind, document_id), body)
 
     def __contains__(self, key: DocumentKey) -> bool:
         return key in self._entries
@@ -136,7 +133,7 @@ class MemoryCore:
                 state.rollback()
                 raise
             state.commit()
-            self._documents.committed((), blocks)
+            self._documents.committed(blocks)
             stats.batches += 1
             if self._verify_every_batches and stats.batches % self._verify_every_batches == 0:
                 state.verify()

@@ -23,8 +23,8 @@ class Document(NamedTuple):
 
 
 class DocumentBlock(NamedTuple):
-    """Many new documents of one kind written with a batch, as two lists: an operation that
-    makes thousands of records hands them to the store whole, not one ``Document`` each."""
+    """Documents of one kind written with a batch, as two lists: a batch that writes thousands
+    of records hands them to the store whole, not one ``Document`` each."""
 
     kind: str
     ids: Sequence[str]
