@@ -164,17 +164,22 @@ def plain(count: int, payer: str = "p0", plan: str = "unit", prefix: str = "e") 
     return [EventRequest(f"{prefix}{i}", payer, plan, 1 + i % 7) for i in range(count)]
 
 
-def test_plain_batches_of_wallet_payers_go_by_columns(meters: World) -> None:
-    # Each payer pays both merchants: nine transfers (m0 takes a fee), enough for the ledger's
-    # fast path (a batch moving fewer than eight goes the batch path's way).
-    requests = [
-        *plain(3),
+def wide(m0_plan: str = "unit") -> list[EventRequest]:
+    """A batch the column path takes: each payer pays both merchants, nine transfers (m0 takes
+    a fee), enough for the ledger's fast path (a batch moving fewer than eight goes the batch
+    path's way)."""
+    return [
+        *plain(3, "p0", m0_plan),
         *plain(3, "p0", "tier", "a"),
-        *plain(3, "p1", "unit", "f"),
+        *plain(3, "p1", m0_plan, "f"),
         *plain(3, "p1", "tier", "b"),
         *plain(3, "p2", "pack", "g"),
         *plain(3, "p2", "tier", "c"),
     ]
+
+
+def test_plain_batches_of_wallet_payers_go_by_columns(meters: World) -> None:
+    requests = wide()
     assert used_columns(meters, requests)
     results = meters.call(metering_batch.record_events(requests))
     assert all(not isinstance(r, ApiError) and r[0].status == "charged" for r in results)
@@ -184,19 +189,27 @@ def test_plain_batches_of_wallet_payers_go_by_columns(meters: World) -> None:
     assert [event.charge_id for event in p0] == ["", "usage:e1", "usage:e1", "usage:a0", "usage:a0", "usage:a0"]
 
 
+def test_events_with_timestamps_of_one_month_go_by_columns(meters: World) -> None:
+    assert used_columns(meters, [*wide(), EventRequest("x", "p0", "tier", 1, NOW - 3 * DAY_NS)])
+    february = utc_ns(2026, 2, 20)  # still open for the plans of wide("pack")
+    assert used_columns(meters, [request._replace(timestamp_ns=february) for request in wide("pack")])
+
+
 @pytest.mark.parametrize(
     ("case", "requests"),
     [
         ("fewer than eight events", plain(7)),
         ("fewer than eight transfers to make", plain(20)),
-        ("an id twice", [*plain(8), EventRequest("e0", "p0", "unit", 1)]),
-        ("an unknown payer", [*plain(8), EventRequest("x", "ghost", "unit", 1)]),
-        ("an unknown plan", [*plain(8), EventRequest("x", "p0", "nope", 1)]),
-        ("a quantity of zero", [*plain(8), EventRequest("x", "p0", "unit", 0)]),
-        ("a timestamp too far ahead", [*plain(8), EventRequest("x", "p0", "unit", 1, NOW + DAY_NS)]),
-        ("a closed period", [*plain(8), EventRequest("x", "p0", "unit", 1, utc_ns(2026, 2, 20))]),
-        ("a payer with a cap", plain(8, "cap")),
-        ("a wallet short of the batch's sum", plain(8, "poor", "tier")),
+        ("an id twice", [*wide(), EventRequest("e0", "p0", "unit", 1)]),
+        ("an unknown payer", [*wide(), EventRequest("x", "ghost", "unit", 1)]),
+        ("an unknown plan", [*wide(), EventRequest("x", "p0", "nope", 1)]),
+        ("a quantity of zero", [*wide(), EventRequest("x", "p0", "unit", 0)]),
+        ("a timestamp too far ahead", [*wide(), EventRequest("x", "p0", "unit", 1, NOW + DAY_NS)]),
+        ("a closed period", [*wide(), EventRequest("x", "p0", "unit", 1, utc_ns(2026, 2, 20))]),
+        # February is closed for "unit" alone.
+        ("events of two months", [*wide("pack"), EventRequest("x", "p0", "tier", 1, utc_ns(2026, 2, 20))]),
+        ("a payer with a cap", [*wide(), *plain(8, "cap", prefix="k")]),
+        ("a wallet short of the batch's sum", [*wide(), *plain(8, "poor", "tier", "k")]),
     ],
 )
 def test_the_column_path_leaves_doubtful_batches_alone(meters: World, case: str, requests: list[EventRequest]) -> None:

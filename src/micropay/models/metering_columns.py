@@ -14,7 +14,7 @@ records and balances.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -27,7 +27,6 @@ from micropay.models import payments as pay
 from micropay.models.collection import wallet_alone
 from micropay.models.metering import (
     FUTURE_SKEW_NS,
-    NS_PER_DAY,
     USAGE,
     USAGE_EVENT,
     EventRequest,
@@ -45,7 +44,7 @@ from micropay.models.metering import (
 from micropay.models.payments import DESCRIPTION_LENGTH_MAX
 from micropay.models.pricing import QUANTITY_MAX
 from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, encode_charge, sources_of
-from micropay.models.rules import period_key, platform_fee
+from micropay.models.rules import BPS_DENOMINATOR, period_key
 
 COLUMN_EVENTS_MIN = 8
 """Fewest events worth the column passes (and the ledger's fast path wants 8 transfers)."""
@@ -60,20 +59,6 @@ class _RatedPlan:
     capacity: int
     floor: Callable[[int], int]
     merchant: Merchant
-
-
-@dataclass(slots=True)
-class _Group:
-    """One (plan, period, payer) of the batch: its stored usage (under ``document_id``), the
-    plan's rating, and the running quantity, its price's floor and what the batch charged."""
-
-    usage: Usage
-    document_id: str
-    price_floor: Callable[[int], int]
-    capacity: int
-    quantity: int
-    floor: int
-    amount: int = 0
 
 
 @dataclass(slots=True)
@@ -94,45 +79,70 @@ class _Payer:
     event_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Group:
+    """One (plan, payer) of the batch's month: its stored usage (under ``document_id``), what
+    rating reads of its plan, payer and merchant, and the running quantity, its price's floor,
+    what the batch charged and the fees of those charges."""
+
+    usage: Usage
+    document_id: str
+    rated: _RatedPlan
+    payer: _Payer
+    price_floor: Callable[[int], int]
+    fee_percent_bps: int
+    fee_fixed: int
+    event_ids: list[str]  # the payer's, shared by its groups
+    quantity: int
+    floor: int
+    amount: int = 0
+    fee: int = 0
+    charge: _Charge | None = None
+
+
 def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[EventResult] | None:
     """Rate and charge every event of ``requests`` when each is certain to be charged as the
     batch path would charge it; else None, having moved and written nothing."""
     count = len(requests)
     if count < COLUMN_EVENTS_MIN:
         return None
-    ids = [request.id for request in requests]
-    quantities = [request.quantity for request in requests]
+    # One C-level pass turns the requests (tuples) into their columns.
+    id_column, payer_ids, plan_ids, quantities, stamps, metadata = zip(*requests, strict=True)
+    ids = list(id_column)
     if len(set(ids)) != count or set(map(type, quantities)) != {int}:
         return None
     if min(quantities) <= 0 or max(quantities) > QUANTITY_MAX:
         return None
     now_ns = ctx.now_ns
-    timestamps = [now_ns if request.timestamp_ns is None else request.timestamp_ns for request in requests]
-    if set(map(type, timestamps)) != {int} or min(timestamps) < 0 or max(timestamps) > now_ns + FUTURE_SKEW_NS:
-        return None
+    timestamps: Iterable[int]
+    if stamps.count(None) == count:  # all now: the usual batch
+        timestamps = repeat(now_ns)
+        period = period_key("month", now_ns)
+    else:
+        timestamps = [now_ns if stamp is None else stamp for stamp in stamps]
+        if set(map(type, timestamps)) != {int} or min(timestamps) < 0 or max(timestamps) > now_ns + FUTURE_SKEW_NS:
+            return None
+        period = period_key("month", min(timestamps))
+        if period_key("month", max(timestamps)) != period:
+            return None  # events of two months: rare (late ones at a month's start), left to the batch path
     if ctx.any_document_exists(USAGE_EVENT, ids):
         return None  # a replay: only the batch path answers those
-    periods = _periods(timestamps)
-    payer_ids = [request.payer_id for request in requests]
-    plan_ids = [request.plan_id for request in requests]
-    keys = list(zip(plan_ids, periods, payer_ids, strict=True))
-    group_keys = list(dict.fromkeys(keys))
-    parties = _parties(ctx, payer_ids, plan_ids, group_keys)
+    parties = _parties(ctx, payer_ids, plan_ids, period)
     if parties is None:
         return None
     payers, plans = parties
-
-    rated = _rate(ctx, plans, keys, group_keys, quantities)
+    keys = list(zip(plan_ids, payer_ids, strict=True))
+    groups = _groups(ctx, payers, plans, period, keys)
+    rated = _rate(groups, ids, keys, quantities)
     if rated is None:
         return None
-    amounts, groups = rated
+    amounts, charge_ids = rated
     totals: dict[str, int] = {}
-    for (_, _, payer_id), group in groups.items():
+    for (_, payer_id), group in groups.items():
         totals[payer_id] = totals.get(payer_id, 0) + group.amount
     available = ctx.available
     if any(total > (available(payers[payer_id].wallet_account) or 0) for payer_id, total in totals.items()):
         return None
-    charge_ids = _group_charges(payers, plans, ids, payer_ids, plan_ids, amounts)
     if not _move(ctx, payers, plans):
         return None
 
@@ -144,13 +154,13 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
             plan_ids,
             quantities,
             timestamps,
-            periods,
+            repeat(period),
             repeat(_CHARGED),
             amounts,
             repeat(""),
             repeat(now_ns),
             charge_ids,
-            [request.metadata for request in requests],
+            metadata,
         )
     )
     ctx.create_documents(USAGE_EVENT, ids, [dumps(row) for row in rows])  # what encode_event writes
@@ -159,117 +169,126 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     return list(zip(events, repeat(False)))
 
 
-_Groups = dict[tuple[str, str, str], _Group]
-"""The batch's (plan, period, payer) groups, in order of their first event."""
-
-
-def _periods(timestamps: list[int]) -> list[str]:
-    """Each timestamp's UTC month, worked out once per day."""
-    by_day: dict[int, str] = {}
-    periods = []
-    for timestamp_ns in timestamps:
-        day = timestamp_ns // NS_PER_DAY
-        period = by_day.get(day)
-        if period is None:
-            period = by_day[day] = period_key("month", timestamp_ns)
-        periods.append(period)
-    return periods
+_Groups = dict[tuple[str, str], _Group]
+"""The batch's (plan, payer) groups, in order of their first event."""
 
 
 def _parties(
-    ctx: BatchContext, payer_ids: list[str], plan_ids: list[str], group_keys: list[tuple[str, str, str]]
+    ctx: BatchContext, payer_ids: Sequence[str], plan_ids: Sequence[str], period: str
 ) -> tuple[dict[str, _Payer], dict[str, _RatedPlan]] | None:
     """The batch's payers (each paying from its wallet alone) and plans (with their merchants),
-    or None if any is unknown, a payer pays otherwise, a period is closed, or a payer and a plan
-    are on different ledgers."""
+    or None if any is unknown, a payer pays otherwise, the period is closed for a plan, or
+    they are not all on one ledger."""
     try:
         plans: dict[str, _RatedPlan] = {}
         for plan_id in dict.fromkeys(plan_ids):
             plan, rates = load_plan(ctx, plan_id)
+            if period in plan.closed_periods:
+                return None
             merchant = pay.get_merchant(ctx, plan.merchant_id)
             plans[plan_id] = _RatedPlan(plan, rates.capacity, rates.floor_function(), merchant)
+        ledgers = {rated.plan.ledger for rated in plans.values()}
+        if len(ledgers) != 1:
+            return None
+        [ledger] = ledgers
         payers: dict[str, _Payer] = {}
         for payer_id in dict.fromkeys(payer_ids):
             payer = pay.get_payer(ctx, payer_id)
             wallet = wallet_alone(ctx, payer)
-            if wallet is None:
+            if wallet is None or payer.ledger != ledger:
                 return None
             payers[payer_id] = _Payer(payer, wallet)
     except NotFound:
         return None
-    for plan_id, period, payer_id in group_keys:
-        plan = plans[plan_id].plan
-        if payers[payer_id].payer.ledger != plan.ledger or period in plan.closed_periods:
-            return None
     return payers, plans
 
 
-def _rate(
+def _groups(
     ctx: BatchContext,
+    payers: dict[str, _Payer],
     plans: dict[str, _RatedPlan],
-    keys: list[tuple[str, str, str]],
-    group_keys: list[tuple[str, str, str]],
-    quantities: list[int],
-) -> tuple[list[int], _Groups] | None:
-    """Each event's amount, ``floor(price(after)) - floor(price(before))`` in its group (its
-    ``keys`` entry), in order, and the groups as the events leave them; None if a group would
-    end past its plan's capacity (quantities only grow, so no event before its end was) or an
-    event would cost more than one transfer may move."""
-    document_ids = [usage_key(*key) for key in group_keys]
+    period: str,
+    keys: list[tuple[str, str]],
+) -> _Groups:
+    """Each (plan, payer) of ``keys`` with its usage of ``period`` so far."""
+    group_keys = list(dict.fromkeys(keys))
+    document_ids = [usage_key(plan_id, period, payer_id) for plan_id, payer_id in group_keys]
     bodies = ctx.get_documents(USAGE, document_ids)
     groups: _Groups = {}
-    for key, document_id in zip(group_keys, document_ids, strict=True):
+    for (plan_id, payer_id), document_id in zip(group_keys, document_ids, strict=True):
         body = bodies.get(document_id)
-        usage = Usage(*key) if body is None else usage_of(body)
-        rated = plans[key[0]]
-        groups[key] = _Group(
-            usage, document_id, rated.floor, rated.capacity, usage.quantity, rated.floor(usage.quantity)
+        usage = Usage(plan_id, period, payer_id) if body is None else usage_of(body)
+        rated = plans[plan_id]
+        payer = payers[payer_id]
+        merchant = rated.merchant
+        groups[plan_id, payer_id] = _Group(
+            usage,
+            document_id,
+            rated,
+            payer,
+            rated.floor,
+            merchant.fee_percent_bps,
+            merchant.fee_fixed,
+            payer.event_ids,
+            usage.quantity,
+            rated.floor(usage.quantity),
         )
+    return groups
+
+
+def _rate(
+    groups: _Groups, ids: list[str], keys: list[tuple[str, str]], quantities: Sequence[int]
+) -> tuple[list[int], list[str]] | None:
+    """In one pass, in order: each event's amount, ``floor(price(after)) - floor(price(before))``
+    in its group (its ``keys`` entry), the fee of that amount (``platform_fee``) added to the
+    group's, and the charge it joins (its payer's for the plan's merchant, named after the first
+    paying event of the two; "" when it costs nothing). Answers the amounts and charge ids, or
+    None if a group would end past its plan's capacity (quantities only grow, so no event before
+    its end was) or an event would cost more than one transfer may move."""
     amounts: list[int] = []
-    append = amounts.append
-    for key, quantity in zip(keys, quantities, strict=True):
+    charge_ids: list[str] = []
+    add_amount = amounts.append
+    add_charge_id = charge_ids.append
+    for event_id, key, quantity in zip(ids, keys, quantities, strict=True):
         group = groups[key]
+        group.event_ids.append(event_id)
         after = group.quantity + quantity
         floor_after = group.price_floor(after)  # past the capacity too: refused below
         amount = floor_after - group.floor
-        append(amount)
         group.quantity = after
         group.floor = floor_after
-        group.amount += amount
-    if max(amounts) > AMOUNT_MAX or any(group.quantity > group.capacity for group in groups.values()):
+        add_amount(amount)
+        if amount:
+            group.amount += amount
+            fee = group.fee_fixed + amount * group.fee_percent_bps // BPS_DENOMINATOR
+            group.fee += amount if fee > amount else fee  # platform_fee, inline
+            charge = group.charge
+            if charge is None:
+                charge = group.charge = _join_charge(group, event_id)
+            add_charge_id(charge.charge_id)
+        else:
+            add_charge_id("")
+    if max(amounts) > AMOUNT_MAX or any(group.quantity > group.rated.capacity for group in groups.values()):
         return None
-    return amounts, groups
+    for group in groups.values():
+        charge = group.charge
+        if charge is not None:
+            charge.amount += group.amount
+            charge.fee += group.fee
+    return amounts, charge_ids
 
 
-def _group_charges(
-    payers: dict[str, _Payer],
-    plans: dict[str, _RatedPlan],
-    ids: list[str],
-    payer_ids: list[str],
-    plan_ids: list[str],
-    amounts: list[int],
-) -> list[str]:
-    """Each paying event's share in its payer's charge for the plan's merchant (named after the
-    first paying event of the two), the fee of each event's own charge added; each event's
-    charge id ("" when it costs nothing)."""
-    charge_ids: list[str] = []
-    for event_id, payer_id, plan_id, amount in zip(ids, payer_ids, plan_ids, amounts, strict=True):
-        state = payers[payer_id]
-        state.event_ids.append(event_id)
-        if not amount:
-            charge_ids.append("")
-            continue
-        rated = plans[plan_id]
-        merchant = rated.merchant
-        charge = state.charges.get(merchant.id)
-        if charge is None:
-            charge = state.charges[merchant.id] = _Charge(usage_charge_id(event_id), [rated.plan.metric])
-        elif rated.plan.metric not in charge.metrics:
-            charge.metrics.append(rated.plan.metric)
-        charge.amount += amount
-        charge.fee += platform_fee(amount, merchant.fee_percent_bps, merchant.fee_fixed)
-        charge_ids.append(charge.charge_id)
-    return charge_ids
+def _join_charge(group: _Group, event_id: str) -> _Charge:
+    """The charge a group's first paying event (``event_id``) joins: its payer's for the plan's
+    merchant, opened (and named after it) if this is the first paying event of the two."""
+    charges = group.payer.charges
+    plan = group.rated.plan
+    charge = charges.get(plan.merchant_id)
+    if charge is None:
+        charge = charges[plan.merchant_id] = _Charge(usage_charge_id(event_id), [plan.metric])
+    elif plan.metric not in charge.metrics:
+        charge.metrics.append(plan.metric)
+    return charge
 
 
 def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan]) -> bool:
@@ -336,12 +355,12 @@ def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
         pay._add_earnings(ctx, merchants[merchant_id], net, now_ns)
     document_ids: list[str] = []
     bodies: list[bytes] = []
-    for (plan_id, period, payer_id), group in groups.items():
+    for group in groups.values():
         old = group.usage
         usage = Usage(
-            plan_id,
-            period,
-            payer_id,
+            old.plan_id,
+            old.period,
+            old.payer_id,
             group.quantity,
             old.amount + group.amount,
             old.minimum_charged,
