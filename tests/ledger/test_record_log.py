@@ -239,6 +239,17 @@ def test_the_engines_document_cache_keeps_the_logged_usage_records_that_every_ba
     assert (USAGE, "calls:2026-11:p2") in cache
 
 
+def test_the_engines_document_cache_reads_many_as_it_reads_each(store: SQLiteStore) -> None:
+    cache = DocumentCache(store)
+    _write(store, Document(OTHER, "a", b"1"), Document(OTHER, "b", b"2"))
+    assert cache.get((OTHER, "a")) == b"1" and cache.get((OTHER, "gone")) is None  # remembered, known absent
+    # Remembered, known absent, unknown and stored, unknown and absent, and an id twice.
+    assert cache.get_many(OTHER, ["a", "gone", "b", "never", "a"]) == {"a": b"1", "b": b"2"}
+    assert (OTHER, "b") in cache and (OTHER, "never") not in cache
+    assert cache.get_many(OTHER, ["a", "b"]) == {"a": b"1", "b": b"2"}
+    assert cache.get_many(OTHER, []) == {}
+
+
 # ----------------------------------------------------------------------------- the row codec
 BODIES = st.binary(max_size=40)
 DOCUMENTS = st.lists(

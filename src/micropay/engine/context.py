@@ -181,8 +181,10 @@ class BatchContext:
         """The newest versions of those of these documents that exist, as ``get_document`` would
         answer one by one, with one store read for all that are not in memory (for an operation
         about to look up many ids, most of them new)."""
-        written = self._written
         block = self._blocks.get(kind, {})
+        if not block and kind not in self._written_kinds:  # none written yet: all are committed
+            return self._reader.get_many(kind, list(document_ids))
+        written = self._written
         found: dict[str, bytes] = {}
         unwritten: list[str] = []
         for document_id in document_ids:

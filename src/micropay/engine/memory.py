@@ -11,11 +11,15 @@ import threading
 import time
 from collections.abc import Sequence
 from itertools import repeat
+from typing import cast
 
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
 from micropay.ledger import Account, Ledger, LedgerState, Transfer
 from micropay.store.base import DocumentBlock, LogStore
+
+_UNKNOWN = object()
+"""What the cache answers for a document it has not been told about (None: known absent)."""
 
 DOCUMENT_CACHE_MAX = 1_000_000
 """Committed documents kept in memory; past it the cache starts over (reads fall back to the store)."""
@@ -47,25 +51,20 @@ class DocumentCache:
 
     def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
         """Those of these documents that exist; the ones not in memory come from one store read.
-        Only found documents are remembered (most ids asked for this way are new)."""
-        entries = self._entries
-        found: dict[str, bytes] = {}
-        missing: list[str] = []
-        for document_id in document_ids:
-            key = (kind, document_id)
-            if key in entries:
-                body = entries[key]
-                if body is not None:
-                    found[document_id] = body
-            else:
-                missing.append(document_id)
-        if missing:
+        Only found documents are remembered (most ids asked for this way are new). The memory
+        is read by C-level passes: a metering batch asks for thousands of usage records."""
+        bodies = list(map(self._entries.get, zip(repeat(kind), document_ids), repeat(_UNKNOWN)))
+        found = dict(zip(document_ids, bodies, strict=True))
+        if _UNKNOWN in bodies:
+            missing = [document_id for document_id, body in found.items() if body is _UNKNOWN]
             stored = self._store.read_documents(kind, missing)
             if kind not in self._passed_kinds:
                 for document_id, body in stored.items():
                     self._remember((kind, document_id), body)
             found.update(stored)
-        return found
+        if _UNKNOWN in bodies or None in bodies:  # not stored (then or now)
+            return {document_id: body for document_id, body in found.items() if type(body) is bytes}
+        return cast(dict[str, bytes], found)
 
     def any_exists(self, kind: str, document_ids: list[str]) -> bool:
         """Whether any of these documents exists: for the kinds the store indexes, its index

@@ -79,7 +79,7 @@ class Usage(NamedTuple):
     """A payer's usage of one plan in one period: charged quantity and amount (the amount
     includes the minimum true-up once the period is closed). A tuple: a metering batch makes
     one per payer and plan it charges, and a frozen dataclass took three times as long to make.
-    Written by ``encode_usage`` (as the fields' object), never by ``encode``."""
+    Written by ``encode_usage`` (as an array of the fields), never by ``encode``."""
 
     plan_id: str
     period: str
@@ -141,21 +141,12 @@ def encode_usage(usage: Usage) -> bytes:
     """A usage record's bytes, the record remembered by them: most batches read back the usage
     the one before wrote (each of a busy payer's plans, every batch), and decoding it again
     cost a tenth of a batch's time. Records are immutable, and bytes always decode to the
-    record that made them."""
-    # An object of the fields, as the record has always been stored (a property test holds it
-    # equal to ``_asdict()``). Spelled out: 0.5 µs against 0.8 µs, for thousands a batch.
-    plan_id, period, payer_id, quantity, amount, minimum_charged, minimum_decline_code = usage
-    body = dumps(
-        {
-            "plan_id": plan_id,
-            "period": period,
-            "payer_id": payer_id,
-            "quantity": quantity,
-            "amount": amount,
-            "minimum_charged": minimum_charged,
-            "minimum_decline_code": minimum_decline_code,
-        }
-    )
+    record that made them.
+
+    A JSON array of the fields in order: a metering batch writes thousands, and the array is
+    a third of the bytes of the fields' object (50 against 138 in the benchmark) and quicker
+    to make (0.35 against 0.6 µs, measured). Records written as the object still read."""
+    body = dumps(usage[:])  # a plain tuple of the fields (orjson takes no named tuple)
     if len(_usage_written) >= USAGE_KEPT_MAX:
         _usage_written.clear()
     _usage_written[body] = usage
@@ -169,7 +160,11 @@ def usage_of(body: bytes) -> Usage:
 
 
 def decode_usage(body: bytes) -> Usage:
+    """A usage record from its array (``encode_usage``) or from the fields' object that
+    records were written as before."""
     data = orjson.loads(body)
+    if type(data) is list:
+        return Usage(*data)
     return Usage(
         data["plan_id"],
         data["period"],
