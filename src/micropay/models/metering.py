@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from micropay.engine import BatchContext, Engine
-from micropay.errors import ApiError, Conflict, NotFound, PaymentDeclined, Refused
+from micropay.errors import ApiError, Conflict, NotFound, PaymentDeclined, Refused, require
 from micropay.ledger.limits import NS_PER_S
 from micropay.models import index
 from micropay.models.collection import check_amount
@@ -250,8 +250,16 @@ def read_usage(ctx: BatchContext, plan_id: str, period: str, payer_id: str) -> U
 
 
 def put_event_bucket(ctx: BatchContext, payer_id: str, event_ids: list[str]) -> None:
-    key = f"{payer_id}:{ctx.now_ns:020d}:{event_ids[0]}"
-    ctx.put_document(USAGE_EVENT_BY_PAYER, key, dumps(event_ids))
+    """Index a payer's events recorded by one operation (in order) under the moment they were."""
+    put_event_buckets(ctx, [payer_id], [event_ids])
+
+
+def put_event_buckets(ctx: BatchContext, payer_ids: list[str], event_ids: list[list[str]]) -> None:
+    """``put_event_bucket`` of each payer (each with events), as one bulk write."""
+    require(len(payer_ids) == len(event_ids) and all(event_ids), "put_event_buckets: one non-empty list a payer")
+    moment = f":{ctx.now_ns:020d}:"
+    keys = [payer_id + moment + ids[0] for payer_id, ids in zip(payer_ids, event_ids, strict=True)]
+    ctx.put_documents(USAGE_EVENT_BY_PAYER, keys, list(map(dumps, event_ids)))
 
 
 def list_payer_events(

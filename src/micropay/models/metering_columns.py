@@ -36,7 +36,7 @@ from micropay.models.metering import (
     UsageEvent,
     encode_usage,
     load_plan,
-    put_event_bucket,
+    put_event_buckets,
     usage_charge_id,
     usage_key,
     usage_of,
@@ -324,10 +324,13 @@ def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
 
 def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan], groups: _Groups) -> None:
     """Write what the batch path writes once the money has moved: each payer's charges and its
-    events' bucket, the merchants' earnings on hold, each group's usage."""
+    events' bucket, the merchants' earnings on hold, each group's usage (each kind's records
+    as one bulk write)."""
     now_ns = ctx.now_ns
     merchants = {rated.merchant.id: rated.merchant for rated in plans.values()}
     earnings: dict[str, int] = {}
+    charge_ids: list[str] = []
+    charge_bodies: list[bytes] = []
     for state in payers.values():
         payer = state.payer
         for merchant_id, charge in state.charges.items():
@@ -347,10 +350,11 @@ def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
                 now_ns,
                 "usage",
             )
-            ctx.put_document(pay.CHARGE, record.id, encode_charge(record))
+            charge_ids.append(record.id)
+            charge_bodies.append(encode_charge(record))
             earnings[merchant_id] = earnings.get(merchant_id, 0) + charge.amount - charge.fee
-        if state.event_ids:
-            put_event_bucket(ctx, payer.id, state.event_ids)
+    ctx.put_documents(pay.CHARGE, charge_ids, charge_bodies)
+    put_event_buckets(ctx, list(payers), [state.event_ids for state in payers.values()])  # each has events
     for merchant_id, net in earnings.items():
         pay._add_earnings(ctx, merchants[merchant_id], net, now_ns)
     document_ids: list[str] = []
