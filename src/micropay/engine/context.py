@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Protocol, TypeVar
 
 from micropay.errors import InvariantViolation, StoreError, require
@@ -124,13 +125,14 @@ class BatchContext:
         """``put_document`` of each (id, body) in order, with a few passes for them all (for
         operations that rewrite thousands of records of one kind, such as usage records)."""
         require(len(document_ids) == len(bodies), "put_documents: one body per id")
-        keys = [(kind, document_id) for document_id in document_ids]
-        written = self._written
-        if len(set(keys)) != len(keys):  # an id twice: its undo entries must see each other
-            for key, body in zip(keys, bodies, strict=True):
-                self.put_document(key[0], key[1], body)
+        if len(set(document_ids)) != len(document_ids):  # an id twice: its undo entries must see each other
+            for document_id, body in zip(document_ids, bodies, strict=True):
+                self.put_document(kind, document_id, body)
             return
-        self._undo += zip(keys, map(written.get, keys), map(self._created.__contains__, keys), strict=True)
+        keys = list(zip(repeat(kind), document_ids))
+        written = self._written
+        created = map(self._created.__contains__, keys) if self._created else repeat(False)
+        self._undo += zip(keys, map(written.get, keys), created, strict=False)  # created: a column, or False repeated
         written.update(zip(keys, bodies, strict=True))
         self._written_kinds.add(kind)
 

@@ -19,6 +19,7 @@ sees the room the earlier ones left, exactly as if each had run in its own opera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from micropay.engine import BatchContext
@@ -229,6 +230,19 @@ def wallet_alone(ctx: BatchContext, payer: Payer) -> str | None:
     if ctx.get_document(PAYER_PROMO, f"{payer.id}:{payer.ledger}") is not None:
         return None
     return wallet_account
+
+
+def wallets_alone(ctx: BatchContext, payers: Sequence[Payer]) -> list[str] | None:
+    """``wallet_alone`` of each payer, or None if any of them pays otherwise (the promo grants
+    of all read at once)."""
+    wallets: list[str] = []
+    for payer in payers:
+        if payer.mode != "prepay" or payer.spend_caps or payer.status != "active":
+            return None
+        wallets.append(payer_accounts(payer.id, payer.ledger)[1])
+    if ctx.get_documents(PAYER_PROMO, [f"{payer.id}:{payer.ledger}" for payer in payers]):
+        return None
+    return wallets
 
 
 def open_room(ctx: BatchContext, payer: Payer) -> PayerRoom:
