@@ -15,7 +15,7 @@ class _NoDocuments:
     def get(self, key: DocumentKey) -> bytes | None:
         return None
 
-    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
+    def get_many(self, kind: str, document_ids: list[str], remember_absent: bool = False) -> dict[str, bytes]:
         return {}
 
     def any_exists(self, kind: str, document_ids: list[str]) -> bool:

@@ -250,6 +250,15 @@ def test_the_engines_document_cache_reads_many_as_it_reads_each(store: SQLiteSto
     assert cache.get_many(OTHER, []) == {}
 
 
+def test_the_engines_document_cache_remembers_absent_documents_only_when_asked(store: SQLiteStore) -> None:
+    cache = DocumentCache(store)
+    assert cache.get_many(OTHER, ["x", "y"], remember_absent=True) == {}
+    assert (OTHER, "x") in cache and (OTHER, "y") in cache and cache.get((OTHER, "x")) is None
+    assert cache.get_many(OTHER, ["z"]) == {} and (OTHER, "z") not in cache
+    assert cache.get_many(CHARGE, ["nope"], remember_absent=True) == {}
+    assert (CHARGE, "nope") not in cache  # a kind the store's index answers for
+
+
 # ----------------------------------------------------------------------------- the row codec
 BODIES = st.binary(max_size=40)
 DOCUMENTS = st.lists(

@@ -43,7 +43,7 @@ class DocumentReader(Protocol):
 
     def get(self, key: DocumentKey) -> bytes | None: ...
 
-    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]: ...
+    def get_many(self, kind: str, document_ids: list[str], remember_absent: bool = False) -> dict[str, bytes]: ...
 
     def any_exists(self, kind: str, document_ids: list[str]) -> bool:
         """Whether any of these documents exists (``get_many`` answering anything)."""
@@ -179,13 +179,17 @@ class BatchContext:
         block.update(zip(document_ids, bodies, strict=True))
         self._block_undo.append((kind, document_ids))
 
-    def get_documents(self, kind: str, document_ids: Iterable[str]) -> dict[str, bytes]:
+    def get_documents(
+        self, kind: str, document_ids: Iterable[str], *, remember_absent: bool = False
+    ) -> dict[str, bytes]:
         """The newest versions of those of these documents that exist, as ``get_document`` would
         answer one by one, with one store read for all that are not in memory (for an operation
-        about to look up many ids, most of them new)."""
+        about to look up many ids, most of them new). ``remember_absent``: ids asked for again
+        and again whose documents mostly do not exist (a payer's promo grants) are remembered
+        as absent, as ``get_document`` remembers them, and not read from the store each time."""
         block = self._blocks.get(kind, {})
         if not block and kind not in self._written_kinds:  # none written yet: all are committed
-            return self._reader.get_many(kind, list(document_ids))
+            return self._reader.get_many(kind, list(document_ids), remember_absent)
         written = self._written
         found: dict[str, bytes] = {}
         unwritten: list[str] = []
@@ -198,7 +202,7 @@ class BatchContext:
             else:
                 found[document_id] = body
         if unwritten:
-            found.update(self._reader.get_many(kind, unwritten))
+            found.update(self._reader.get_many(kind, unwritten, remember_absent))
         return found
 
     def get_document(self, kind: str, document_id: str) -> bytes | None:

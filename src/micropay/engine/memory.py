@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from itertools import repeat
+from operator import is_
 from typing import cast
 
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
@@ -49,22 +50,23 @@ class DocumentCache:
             self._remember(key, body)
         return body
 
-    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
+    def get_many(self, kind: str, document_ids: list[str], remember_absent: bool = False) -> dict[str, bytes]:
         """Those of these documents that exist; the ones not in memory come from one store read.
-        Only found documents are remembered (most ids asked for this way are new). The memory
-        is read by C-level passes: a metering batch asks for thousands of usage records."""
+        Only found documents are remembered (most ids asked for this way are new), and absent
+        ones too if asked (``BatchContext.get_documents``). The memory is read by C-level
+        passes: a metering batch asks for thousands of usage records."""
         bodies = list(map(self._entries.get, zip(repeat(kind), document_ids), repeat(_UNKNOWN)))
         found = dict(zip(document_ids, bodies, strict=True))
-        if _UNKNOWN in bodies:
+        if set(map(type, bodies)) == {bytes}:  # all remembered, all there (``in`` would call __eq__)
+            return cast(dict[str, bytes], found)
+        if any(map(is_, bodies, repeat(_UNKNOWN))):
             missing = [document_id for document_id, body in found.items() if body is _UNKNOWN]
             stored = self._store.read_documents(kind, missing)
             if kind not in self._passed_kinds:
-                for document_id, body in stored.items():
-                    self._remember((kind, document_id), body)
+                for document_id in missing if remember_absent else stored:
+                    self._remember((kind, document_id), stored.get(document_id))
             found.update(stored)
-        if _UNKNOWN in bodies or None in bodies:  # not stored (then or now)
-            return {document_id: body for document_id, body in found.items() if type(body) is bytes}
-        return cast(dict[str, bytes], found)
+        return {document_id: body for document_id, body in found.items() if type(body) is bytes}
 
     def any_exists(self, kind: str, document_ids: list[str]) -> bool:
         """Whether any of these documents exists: for the kinds the store indexes, its index

@@ -132,7 +132,9 @@ class _LockedDocuments:
     def any_exists(self, kind: str, document_ids: list[str]) -> bool:
         return bool(self.get_many(kind, document_ids))  # locks them all, as any read does
 
-    def get_many(self, kind: str, document_ids: list[str]) -> dict[str, bytes]:
+    def get_many(self, kind: str, document_ids: list[str], remember_absent: bool = False) -> dict[str, bytes]:
+        """Every document read is remembered for the batch, absent ones included (they are
+        locked as absent), whatever ``remember_absent`` says."""
         read = self._read
         missing = [document_id for document_id in document_ids if (kind, document_id) not in read]
         if missing:

@@ -240,7 +240,7 @@ def wallets_alone(ctx: BatchContext, payers: Sequence[Payer]) -> list[str] | Non
         if payer.mode != "prepay" or payer.spend_caps or payer.status != "active":
             return None
         wallets.append(payer_accounts(payer.id, payer.ledger)[1])
-    if ctx.get_documents(PAYER_PROMO, [f"{payer.id}:{payer.ledger}" for payer in payers]):
+    if ctx.get_documents(PAYER_PROMO, [f"{payer.id}:{payer.ledger}" for payer in payers], remember_absent=True):
         return None
     return wallets
 
