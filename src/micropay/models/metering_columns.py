@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
-import orjson
-
 from micropay.engine import BatchContext
 from micropay.errors import NotFound
 from micropay.ledger.limits import AMOUNT_MAX
@@ -45,7 +43,7 @@ from micropay.models.metering import (
 )
 from micropay.models.payments import DESCRIPTION_LENGTH_MAX
 from micropay.models.pricing import QUANTITY_MAX
-from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, encode_charge, sources_of
+from micropay.models.records import NO_SOURCES, Charge, Merchant, Payer, dumps, encode_charge, sources_of
 from micropay.models.rules import BPS_DENOMINATOR, period_key
 
 COLUMN_EVENTS_MIN = 8
@@ -165,9 +163,7 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
             metadata,
         )
     )
-    # What encode_event writes. Not copied as ``dumps`` copies what is kept: events are not
-    # cached, and their bodies go once the batch is written.
-    ctx.create_documents(USAGE_EVENT, ids, list(map(orjson.dumps, rows)))
+    ctx.create_documents(USAGE_EVENT, ids, [dumps(row) for row in rows])  # what encode_event writes
     events: list[UsageEvent] = list(map(_new_tuple, repeat(UsageEvent), rows))
     _book(ctx, payers, plans, groups)
     return list(zip(events, repeat(False)))
