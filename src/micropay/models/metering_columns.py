@@ -15,7 +15,7 @@ records and balances.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 
 from micropay.engine import BatchContext
@@ -75,8 +75,8 @@ class _Charge:
 class _Payer:
     payer: Payer
     wallet_account: str
-    charges: dict[str, _Charge] = field(default_factory=dict)  # by merchant, in order of the first paying event
-    event_ids: list[str] = field(default_factory=list)
+    charges: dict[str, _Charge]  # by merchant, in order of the first paying event
+    event_ids: list[str]
 
 
 @dataclass(slots=True)
@@ -131,9 +131,9 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     if parties is None:
         return None
     payers, plans = parties
-    keys = list(zip(plan_ids, payer_ids, strict=True))
-    groups = _groups(ctx, payers, plans, period, keys)
-    rated = _rate(groups, ids, keys, quantities)
+    groups = _groups(ctx, payers, plans, period, zip(plan_ids, payer_ids, strict=True))
+    # Each event's group, looked up by a C-level pass (zip's key tuples are not kept).
+    rated = _rate(groups, ids, list(map(groups.__getitem__, zip(plan_ids, payer_ids, strict=True))), quantities)
     if rated is None:
         return None
     amounts, charge_ids = rated
@@ -199,7 +199,10 @@ def _parties(
     wallets = wallets_alone(ctx, list(found.values()))
     if wallets is None:
         return None
-    payers = {payer_id: _Payer(payer, wallet) for (payer_id, payer), wallet in zip(found.items(), wallets, strict=True)}
+    payers = {
+        payer_id: _Payer(payer, wallet, {}, [])
+        for (payer_id, payer), wallet in zip(found.items(), wallets, strict=True)
+    }
     return payers, plans
 
 
@@ -208,7 +211,7 @@ def _groups(
     payers: dict[str, _Payer],
     plans: dict[str, _RatedPlan],
     period: str,
-    keys: list[tuple[str, str]],
+    keys: Iterable[tuple[str, str]],
 ) -> _Groups:
     """Each (plan, payer) of ``keys`` with its usage of ``period`` so far."""
     group_keys = list(dict.fromkeys(keys))
@@ -237,10 +240,10 @@ def _groups(
 
 
 def _rate(
-    groups: _Groups, ids: list[str], keys: list[tuple[str, str]], quantities: Sequence[int]
+    groups: _Groups, ids: list[str], event_groups: list[_Group], quantities: Sequence[int]
 ) -> tuple[list[int], list[str]] | None:
     """In one pass, in order: each event's amount, ``floor(price(after)) - floor(price(before))``
-    in its group (its ``keys`` entry), the fee of that amount (``platform_fee``) added to the
+    in its group (its ``event_groups`` entry), the fee of that amount (``platform_fee``) added to the
     group's, and the charge it joins (its payer's for the plan's merchant, named after the first
     paying event of the two; "" when it costs nothing). Answers the amounts and charge ids, or
     None if a group would end past its plan's capacity (quantities only grow, so no event before
@@ -249,8 +252,7 @@ def _rate(
     charge_ids: list[str] = []
     add_amount = amounts.append
     add_charge_id = charge_ids.append
-    for event_id, key, quantity in zip(ids, keys, quantities, strict=True):
-        group = groups[key]
+    for event_id, group, quantity in zip(ids, event_groups, quantities, strict=True):
         group.event_ids.append(event_id)
         after = group.quantity + quantity
         floor_after = group.price_floor(after)  # past the capacity too: refused below
@@ -304,9 +306,10 @@ def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
     debits: list[str] = []
     credits: list[str] = []
     amounts: list[int] = []
+    merchant_accounts = {rated.merchant.id: chart.merchant_account(rated.merchant.id) for rated in plans.values()}
     for state in payers.values():
         for merchant_id, charge in state.charges.items():
-            merchant_account = chart.merchant_account(merchant_id)
+            merchant_account = merchant_accounts[merchant_id]
             prefix = "charge:" + charge.charge_id
             ids.append(prefix + ":wallet")
             debits.append(state.wallet_account)
