@@ -10,8 +10,9 @@
 The workload: ``payers`` prepay payers (funded), one merchant taking a 1 % fee, three plans (per
 unit at 0.0004 of a cent, graduated with a flat fee, packages of 100 rounding up); each event is
 1 to 100 units for a random payer and plan, with a random 16-hex-digit id. After each run the
-books are checked: the ledger invariants hold, and for every payer and plan the month's charges
-add up to floor(price(its total quantity)).
+books are checked: the ledger invariants hold, for every payer and plan the month's usage costs
+floor(price(its total quantity)), and (after the batches) the usage adds up to the units and
+amounts the answers charged.
 """
 
 from __future__ import annotations
