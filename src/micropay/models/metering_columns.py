@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import repeat
 
 from micropay.engine import BatchContext
-from micropay.errors import NotFound
+from micropay.errors import NotFound, require
 from micropay.ledger.limits import AMOUNT_MAX
 from micropay.ledger.validate import plain_columns
 from micropay.models import chart
@@ -273,6 +273,8 @@ def _rate(
     if max(amounts) > AMOUNT_MAX or any(group.quantity > group.rated.capacity for group in groups.values()):
         return None
     for group in groups.values():
+        # platform_fee's postcondition, for the group's sums: each fee within 0..its amount.
+        require(0 <= group.fee <= group.amount, "metering columns: fees outside 0..the amount charged")
         charge = group.charge
         if charge is not None:
             charge.amount += group.amount
