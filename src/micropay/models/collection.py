@@ -195,7 +195,7 @@ class PayerRoom:
                 == self.promo_spent,
                 "the promo grants spent do not add up to the promo taken",
             )
-            ctx.put_document(PAYER_PROMO, f"{payer.id}:{payer.ledger}", encode(replace(promo, grants=self.grants)))
+            ctx.put_document(PAYER_PROMO, promo_key(payer.id, payer.ledger), encode(replace(promo, grants=self.grants)))
         if self.cap_usage is not None and self.spent:
             add_cap_usage(ctx, self.cap_usage, payer.spend_caps, self.spent, self.now_ns)
 
@@ -220,29 +220,36 @@ def payer_accounts(payer_id: str, ledger: str) -> tuple[str, str, str]:
     return found
 
 
+def promo_key(payer_id: str, ledger: str) -> str:
+    """The id of a payer's promo grants record in ``ledger``."""
+    return f"{payer_id}:{ledger}"
+
+
+def _wallet_may_pay_alone(payer: Payer) -> bool:
+    """An active prepay payer with no caps: its wallet alone pays, if it holds no promo grants."""
+    return payer.mode == "prepay" and not payer.spend_caps and payer.status == "active"
+
+
 def wallet_alone(ctx: BatchContext, payer: Payer) -> str | None:
     """The wallet account of a payer whose wallet alone pays, with nothing to book after: an
     active prepay payer with no caps and no promo grants (``open_room`` would give it a room of
     its wallet only, and ``PayerRoom.book`` would write nothing). None for any other payer."""
-    if payer.mode != "prepay" or payer.spend_caps or payer.status != "active":
+    if not _wallet_may_pay_alone(payer):
         return None
-    _, wallet_account, _ = payer_accounts(payer.id, payer.ledger)
-    if ctx.get_document(PAYER_PROMO, f"{payer.id}:{payer.ledger}") is not None:
+    if ctx.get_document(PAYER_PROMO, promo_key(payer.id, payer.ledger)) is not None:
         return None
-    return wallet_account
+    return payer_accounts(payer.id, payer.ledger)[1]
 
 
 def wallets_alone(ctx: BatchContext, payers: Sequence[Payer]) -> list[str] | None:
     """``wallet_alone`` of each payer, or None if any of them pays otherwise (the promo grants
-    of all read at once)."""
-    wallets: list[str] = []
-    for payer in payers:
-        if payer.mode != "prepay" or payer.spend_caps or payer.status != "active":
-            return None
-        wallets.append(payer_accounts(payer.id, payer.ledger)[1])
-    if ctx.get_documents(PAYER_PROMO, [f"{payer.id}:{payer.ledger}" for payer in payers], remember_absent=True):
+    of all read at once, their absence remembered: most payers never have any)."""
+    if not all(map(_wallet_may_pay_alone, payers)):
         return None
-    return wallets
+    keys = [promo_key(payer.id, payer.ledger) for payer in payers]
+    if ctx.get_documents(PAYER_PROMO, keys, remember_absent=True):
+        return None
+    return [payer_accounts(payer.id, payer.ledger)[1] for payer in payers]
 
 
 def open_room(ctx: BatchContext, payer: Payer) -> PayerRoom:
@@ -278,7 +285,7 @@ def open_room(ctx: BatchContext, payer: Payer) -> PayerRoom:
     require(mode in ("prepay", "postpay", "hybrid"), f"payer {payer.id} has an unknown mode {mode}")
     if mode != "postpay":
         # Most payers hold no grants: the promo account is read only for one that does.
-        body = ctx.get_document(PAYER_PROMO, f"{payer.id}:{ledger}")
+        body = ctx.get_document(PAYER_PROMO, promo_key(payer.id, ledger))
         if body is not None:
             promo = room.promo_record = decode_payer_promo(body)
             room.grants = promo.grants

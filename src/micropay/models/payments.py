@@ -33,7 +33,7 @@ from micropay.models import chart, index
 from micropay.models.charge_columns import COLUMN_CHARGES_MIN, charge_columns
 from micropay.models.collection import CAP_USAGE as CAP_USAGE  # re-exported: the payer's records
 from micropay.models.collection import PAYER_PROMO as PAYER_PROMO
-from micropay.models.collection import PayerRoom, collection_legs, open_room
+from micropay.models.collection import PayerRoom, collection_legs, open_room, promo_key
 from micropay.models.collection import check_amount as check_amount
 from micropay.models.records import (
     NO_SOURCES,
@@ -166,7 +166,7 @@ def get_charge(ctx: BatchContext, charge_id: str) -> Charge:
 
 
 def payer_promo(ctx: BatchContext, payer_id: str, ledger: str) -> PayerPromo:
-    found = _read(ctx, PAYER_PROMO, f"{payer_id}:{ledger}", decode_payer_promo)
+    found = _read(ctx, PAYER_PROMO, promo_key(payer_id, ledger), decode_payer_promo)
     return found if found is not None else PayerPromo(payer_id, ledger)
 
 
@@ -882,7 +882,7 @@ def refund(request: RefundRequest) -> Callable[[BatchContext], Outcome[Refund]]:
             promo = payer_promo(ctx, payer_id, ledger)
             back = _promo_back(charge_record, returned.promo)
             grants = restore_grants(promo.grants, back, ctx.now_ns)
-            ctx.put_document(PAYER_PROMO, f"{payer_id}:{ledger}", encode(replace(promo, grants=grants)))
+            ctx.put_document(PAYER_PROMO, promo_key(payer_id, ledger), encode(replace(promo, grants=grants)))
             if any(grant.remaining and grant.expires_at_ns <= ctx.now_ns for grant in grants):
                 # Credit returned to a grant that has already expired: the next sweep moves it.
                 body = {"payer_id": payer_id, "ledger": ledger}

@@ -12,6 +12,7 @@ from micropay.engine import BatchContext
 from micropay.errors import Conflict, NotFound, Refused
 from micropay.ledger import TransferRequest
 from micropay.models import chart, index
+from micropay.models.collection import promo_key
 from micropay.models.payments import (
     PAYER_PROMO,
     Outcome,
@@ -120,7 +121,7 @@ def redeem_voucher(payer_id: str, code: str) -> Callable[[BatchContext], Outcome
         if len(kept) >= GRANTS_MAX:
             raise Refused("too_many_grants", f"a payer holds at most {GRANTS_MAX} promo grants", "code")
         grant = PromoGrant(voucher.id, voucher.amount, voucher.amount, voucher.expires_at_ns)
-        ctx.put_document(PAYER_PROMO, f"{payer.id}:{ledger}", encode(replace(promo, grants=(*kept, grant))))
+        ctx.put_document(PAYER_PROMO, promo_key(payer.id, ledger), encode(replace(promo, grants=(*kept, grant))))
         redeemed = replace(voucher, redeemed_by=payer.id, redeemed_at_ns=ctx.now_ns)
         ctx.put_document(VOUCHER, digest, encode(redeemed))
         due_id = f"{payer.id}:{ledger}:{voucher.id}"
@@ -153,7 +154,7 @@ def expire_promo(payer_id: str, ledger: str) -> Callable[[BatchContext], int]:
         )
         kept = tuple(grant for grant in grants if grant.expires_at_ns > ctx.now_ns)
         updated = replace(promo, grants=kept, expiries=promo.expiries + 1)
-        ctx.put_document(PAYER_PROMO, f"{payer_id}:{ledger}", encode(updated))
+        ctx.put_document(PAYER_PROMO, promo_key(payer_id, ledger), encode(updated))
         return expired
 
     return run
