@@ -249,15 +249,21 @@ def read_usage(ctx: BatchContext, plan_id: str, period: str, payer_id: str) -> U
     return decode_usage(body)
 
 
+def _bucket_moment(now_ns: int) -> str:
+    return f":{now_ns:020d}:"
+
+
 def put_event_bucket(ctx: BatchContext, payer_id: str, event_ids: list[str]) -> None:
-    """Index a payer's events recorded by one operation (in order) under the moment they were."""
-    put_event_buckets(ctx, [payer_id], [event_ids])
+    """Index a payer's events recorded by one operation (in order) under the moment they were
+    (``{payer}:{ns:020d}:{first event id}``)."""
+    key = payer_id + _bucket_moment(ctx.now_ns) + event_ids[0]
+    ctx.put_document(USAGE_EVENT_BY_PAYER, key, dumps(event_ids))
 
 
 def put_event_buckets(ctx: BatchContext, payer_ids: list[str], event_ids: list[list[str]]) -> None:
     """``put_event_bucket`` of each payer (each with events), as one bulk write."""
     require(len(payer_ids) == len(event_ids) and all(event_ids), "put_event_buckets: one non-empty list a payer")
-    moment = f":{ctx.now_ns:020d}:"
+    moment = _bucket_moment(ctx.now_ns)
     keys = [payer_id + moment + ids[0] for payer_id, ids in zip(payer_ids, event_ids, strict=True)]
     ctx.put_documents(USAGE_EVENT_BY_PAYER, keys, list(map(dumps, event_ids)))
 

@@ -81,9 +81,10 @@ class _Payer:
 
 @dataclass(slots=True)
 class _Group:
-    """One (plan, payer) of the batch's month: its stored usage (under ``document_id``), what
-    rating reads of its plan, payer and merchant, and the running quantity, its price's floor,
-    what the batch charged and the fees of those charges."""
+    """One (plan, payer) of the batch's month: its stored usage (under ``document_id``), its
+    plan and payer, and the running quantity, its price's floor, what the batch charged and the
+    fees of those charges. What the rating loop reads of the plan, merchant and payer
+    (``price_floor`` to ``event_ids``) is copied here, one attribute away for every event."""
 
     usage: Usage
     document_id: str
