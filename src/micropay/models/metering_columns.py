@@ -131,7 +131,7 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     parties = _parties(ctx, payer_ids, plan_ids, period)
     if parties is None:
         return None
-    payers, plans = parties
+    payers, plans, ledger = parties
     groups = _groups(ctx, payers, plans, period, zip(plan_ids, payer_ids, strict=True))
     # Each event's group, looked up by a C-level pass (zip's key tuples are not kept).
     rated = _rate(groups, ids, list(map(groups.__getitem__, zip(plan_ids, payer_ids, strict=True))), quantities)
@@ -144,7 +144,7 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     available = ctx.available
     if any(total > (available(payers[payer_id].wallet_account) or 0) for payer_id, total in totals.items()):
         return None
-    if not _move(ctx, payers, plans):
+    if not _move(ctx, payers, plans, ledger):
         return None
 
     # The money has moved: nothing below refuses.
@@ -176,10 +176,10 @@ _Groups = dict[tuple[str, str], _Group]
 
 def _parties(
     ctx: BatchContext, payer_ids: Sequence[str], plan_ids: Sequence[str], period: str
-) -> tuple[dict[str, _Payer], dict[str, _RatedPlan]] | None:
-    """The batch's payers (each paying from its wallet alone) and plans (with their merchants),
-    or None if any is unknown, a payer pays otherwise, the period is closed for a plan, or
-    they are not all on one ledger."""
+) -> tuple[dict[str, _Payer], dict[str, _RatedPlan], str] | None:
+    """The batch's payers (each paying from its wallet alone), plans (with their merchants) and
+    their one ledger, or None if any is unknown, a payer pays otherwise, the period is closed
+    for a plan, or they are not all on one ledger."""
     try:
         plans: dict[str, _RatedPlan] = {}
         for plan_id in dict.fromkeys(plan_ids):
@@ -204,7 +204,7 @@ def _parties(
         payer_id: _Payer(payer, wallet, {}, [])
         for (payer_id, payer), wallet in zip(found.items(), wallets, strict=True)
     }
-    return payers, plans
+    return payers, plans, ledger
 
 
 def _groups(
@@ -296,14 +296,11 @@ def _join_charge(group: _Group, event_id: str) -> _Charge:
     return charge
 
 
-def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan]) -> bool:
+def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan], ledger: str) -> bool:
     """Each payer's charges, in the batch path's order (payers by their first event, each one's
     merchants by their first paying event): the wallet transfer, then the fee. All at once by
-    the ledger's fast path; False, having moved nothing, when it cannot take them so."""
-    ledgers = {state.payer.ledger for state in payers.values()}
-    if len(ledgers) != 1:
-        return False
-    [ledger] = ledgers
+    the ledger's fast path (``ledger``: the payers' and plans' one); False, having moved
+    nothing, when it cannot take them so."""
     fees_account = chart.fees_account(ledger)
     ids: list[str] = []
     debits: list[str] = []
