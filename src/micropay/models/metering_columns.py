@@ -84,7 +84,13 @@ class _Group:
     """One (plan, payer) of the batch's month: its stored usage (under ``document_id``), its
     plan and payer, and the running quantity, its price's floor, what the batch charged and the
     fees of those charges. What the rating loop reads of the plan, merchant and payer
-    (``price_floor`` to ``event_ids``) is copied here, one attribute away for every event."""
+    (``price_floor`` to ``event_ids``) is copied here, one attribute away for every event.
+
+    ``floor`` starts as the stored usage's amount, not ``price_floor(quantity)`` computed again:
+    in an open period the two are equal (every writer of usage adds exactly ``floor(after) -
+    floor(before)``; only the minimum true-up adds more, and only to a closed period's usage,
+    which this path never rates). So the batch ends with ``amount == floor(price(quantity))``
+    whatever the stored amount was."""
 
     usage: Usage
     document_id: str
@@ -235,7 +241,7 @@ def _groups(
             merchant.fee_fixed,
             payer.event_ids,
             usage.quantity,
-            rated.floor(usage.quantity),
+            usage.amount,  # floor(price(quantity)) in an open period (``_Group``)
         )
     return groups
 
