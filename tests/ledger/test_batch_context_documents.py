@@ -122,6 +122,8 @@ def _state(ctx: BatchContext) -> tuple[object, ...]:
     return (
         {i: ctx.get_document("k", i) for i in "abcd"},
         {i: ctx.created(("k", i)) for i in "abcd"},
+        ctx.get_documents("k", list("abcd")),
+        ctx.any_document_exists("k", list("abcd")),
         _keys(ctx),
     )
 
@@ -148,3 +150,58 @@ def test_records_put_in_bulk_read_list_and_undo_like_records_put_one_by_one(
     bulk.rollback_documents(marks[0])
     single.rollback_documents(marks[1])
     assert _state(bulk) == _state(single)
+
+
+def _newest(ctx: BatchContext) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The newest body of each id, as ``documents`` lists them and as ``document_blocks``
+    hands them to a store (read in order, a later body replacing an earlier one)."""
+    listed = {document.id: document.body for document in ctx.documents()}
+    assert len(listed) == len(ctx.documents()), "documents lists each record once"
+    blocked: dict[str, bytes] = {}
+    for block in ctx.document_blocks():
+        blocked.update(zip(block.ids, block.bodies, strict=True))
+    return listed, blocked
+
+
+@given(bulk_created=_IDS, ids=_IDS, later_put=_IDS, later_created=_IDS)
+def test_writes_after_a_bulk_put_win_over_it_and_undo_back_to_it(
+    bulk_created: list[str], ids: list[str], later_put: list[str], later_created: list[str]
+) -> None:
+    contexts = (_context(), _context())
+    for ctx in contexts:
+        if len(set(bulk_created)) == len(bulk_created):
+            ctx.create_documents("k", bulk_created, [b"bulk"] * len(bulk_created))
+    bodies = [b"new-%d" % n for n in range(len(ids))]
+    bulk, single = contexts
+    bulk.put_documents("k", ids, bodies)
+    for document_id, body in zip(ids, bodies, strict=True):
+        single.put_document("k", document_id, body)
+    marks = (bulk.mark(), single.mark())
+    before = [(_state(ctx)[:4], _newest(ctx)) for ctx in contexts]
+    assert before[0] == before[1]
+    for ctx in contexts:
+        for document_id in later_put:
+            ctx.put_document("k", document_id, b"later")
+        if len(set(later_created)) == len(later_created):
+            ctx.create_documents("k", later_created, [b"created"] * len(later_created))
+        ctx.put_documents("k", ids, [b"again"] * len(ids))  # a second bulk put of the same ids
+    assert _state(bulk)[:4] == _state(single)[:4] and _newest(bulk) == _newest(single)
+    listed, blocked = _newest(bulk)
+    assert listed == blocked
+    bulk.rollback_documents(marks[0])
+    single.rollback_documents(marks[1])
+    assert [(_state(ctx)[:4], _newest(ctx)) for ctx in contexts] == before
+
+
+def test_records_put_in_bulk_may_exist_already_and_are_read_found_and_undone() -> None:
+    ctx = _context()
+    mark = ctx.mark()
+    ctx.put_documents("k", ["a", "b"], [b"1", b"2"])
+    assert ctx.get_document("k", "a") == b"1" and ctx.get_documents("k", ["b", "c"]) == {"b": b"2"}
+    assert ctx.any_document_exists("k", ["c", "a"]) and not ctx.any_document_exists("k", ["c"])
+    assert not ctx.created(("k", "a")) and not ctx.created(("k", "b"))  # a store may replace them
+    assert [(block.kind, block.ids, block.bodies) for block in ctx.document_blocks()] == [
+        ("k", ["a", "b"], [b"1", b"2"])
+    ]
+    ctx.rollback_documents(mark)
+    assert ctx.get_document("k", "a") is None and ctx.documents() == [] and ctx.document_blocks() == []
