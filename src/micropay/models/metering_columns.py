@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from typing import cast
 
 from micropay.engine import BatchContext
 from micropay.errors import NotFound, require
@@ -138,14 +139,14 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     if parties is None:
         return None
     payers, plans, ledger = parties
-    groups = _groups(ctx, payers, plans, period, zip(plan_ids, payer_ids, strict=True))
-    # Each event's group, looked up by a C-level pass (zip's key tuples are not kept).
-    rated = _rate(groups, ids, list(map(groups.__getitem__, zip(plan_ids, payer_ids, strict=True))), quantities)
+    groups, event_groups = _groups(ctx, payers, plans, period, plan_ids, payer_ids)
+    rated = _rate(groups, ids, event_groups, quantities)
     if rated is None:
         return None
     amounts, charge_ids = rated
     totals: dict[str, int] = {}
-    for (_, payer_id), group in groups.items():
+    for group in groups:
+        payer_id = group.usage.payer_id
         totals[payer_id] = totals.get(payer_id, 0) + group.amount
     available = ctx.available
     if any(total > (available(payers[payer_id].wallet_account) or 0) for payer_id, total in totals.items()):
@@ -174,10 +175,6 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     events: list[UsageEvent] = list(map(_new_tuple, repeat(UsageEvent), rows))
     _book(ctx, payers, plans, groups)
     return list(zip(events, repeat(False)))
-
-
-_Groups = dict[tuple[str, str], _Group]
-"""The batch's (plan, payer) groups, in order of their first event."""
 
 
 def _parties(
@@ -218,20 +215,28 @@ def _groups(
     payers: dict[str, _Payer],
     plans: dict[str, _RatedPlan],
     period: str,
-    keys: Iterable[tuple[str, str]],
-) -> _Groups:
-    """Each (plan, payer) of ``keys`` with its usage of ``period`` so far."""
-    group_keys = list(dict.fromkeys(keys))
-    document_ids = [usage_key(plan_id, period, payer_id) for plan_id, payer_id in group_keys]
+    plan_ids: Sequence[str],
+    payer_ids: Sequence[str],
+) -> tuple[list[_Group], list[_Group]]:
+    """Each (plan, payer) of the events with its usage of ``period`` so far, in order of its
+    first event, and each event's group.
+
+    One C-level pass numbers each event's group by the position of the group's first event
+    (``setdefault``); a second reads the groups out of a list by those numbers. Against a dict
+    of the keys and a lookup of each event's key in the groups, a quarter less time."""
+    firsts: dict[tuple[str, str], int] = {}
+    numbers = list(map(firsts.setdefault, zip(plan_ids, payer_ids, strict=True), range(len(plan_ids))))
+    document_ids = [usage_key(plan_id, period, payer_id) for plan_id, payer_id in firsts]
     bodies = ctx.get_documents(USAGE, document_ids)
-    groups: _Groups = {}
-    for (plan_id, payer_id), document_id in zip(group_keys, document_ids, strict=True):
+    groups: list[_Group] = []
+    slots: list[_Group | None] = [None] * len(numbers)
+    for ((plan_id, payer_id), first), document_id in zip(firsts.items(), document_ids, strict=True):
         body = bodies.get(document_id)
         usage = Usage(plan_id, period, payer_id) if body is None else usage_of(body)
         rated = plans[plan_id]
         payer = payers[payer_id]
         merchant = rated.merchant
-        groups[plan_id, payer_id] = _Group(
+        slots[first] = group = _Group(
             usage,
             document_id,
             rated,
@@ -243,11 +248,12 @@ def _groups(
             usage.quantity,
             usage.amount,  # floor(price(quantity)) in an open period (``_Group``)
         )
-    return groups
+        groups.append(group)
+    return groups, cast(list[_Group], list(map(slots.__getitem__, numbers)))
 
 
 def _rate(
-    groups: _Groups, ids: list[str], event_groups: list[_Group], quantities: Sequence[int]
+    groups: list[_Group], ids: list[str], event_groups: list[_Group], quantities: Sequence[int]
 ) -> tuple[list[int], list[str]] | None:
     """In one pass, in order: each event's amount, ``floor(price(after)) - floor(price(before))``
     in its group (its ``event_groups`` entry), the fee of that amount (``platform_fee``) added to the
@@ -277,9 +283,9 @@ def _rate(
             add_charge_id(charge.charge_id)
         else:
             add_charge_id("")
-    if max(amounts) > AMOUNT_MAX or any(group.quantity > group.rated.capacity for group in groups.values()):
+    if max(amounts) > AMOUNT_MAX or any(group.quantity > group.rated.capacity for group in groups):
         return None
-    for group in groups.values():
+    for group in groups:
         # platform_fee's postcondition, for the group's sums: each fee within 0..its amount.
         require(0 <= group.fee <= group.amount, "metering columns: fees outside 0..the amount charged")
         charge = group.charge
@@ -331,7 +337,7 @@ def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
     return ctx.create_plain_transfers(plain_columns(ids, debits, credits, amounts, ledger))
 
 
-def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan], groups: _Groups) -> None:
+def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedPlan], groups: list[_Group]) -> None:
     """Write what the batch path writes once the money has moved: each payer's charges and its
     events' bucket, the merchants' earnings on hold, each group's usage (each kind's records
     as one bulk write)."""
@@ -372,7 +378,7 @@ def _book(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
         pay._add_earnings(ctx, merchants[merchant_id], net, now_ns)
     document_ids: list[str] = []
     bodies: list[bytes] = []
-    for group in groups.values():
+    for group in groups:
         old = group.usage
         usage: Usage = _new_tuple(  # Usage(...) of all its fields
             Usage,
