@@ -9,8 +9,10 @@ import orjson
 import pytest
 
 from micropay.bench.charges import bench_charges
-from micropay.bench.metering import bench_metering
+from micropay.bench.metering import Tally, bench_metering
 from micropay.bench.report import Reporter
+from micropay.errors import ApiError
+from micropay.models.metering import UsageEvent
 
 
 def _figures(capsys: pytest.CaptureFixture[str]) -> dict[str, float]:
@@ -52,3 +54,20 @@ def test_bench_metering_in_process_small(tmp_path: Path, capsys: pytest.CaptureF
     assert figures["events_per_s"] > 0 and 1 <= figures["batches"] <= 5
     assert figures["apply_us_per_event"] > 0 and figures["write_us_per_event"] > 0
     assert not list(tmp_path.iterdir())
+
+
+def _event(event_id: str, status: str, quantity: int, amount: int) -> UsageEvent:
+    return UsageEvent(event_id, "p", "plan", quantity, 1, "2026-11", status, amount, "", 1)
+
+
+def test_the_metering_tally_counts_charged_units_and_amounts_and_declined_events() -> None:
+    tally = Tally()
+    tally.add([(_event("a", "charged", 3, 5), False), (_event("b", "declined", 7, 0), False)])
+    tally.add([(_event("c", "charged", 2, 1), True)])
+    assert (tally.refused, tally.charged, tally.declined, tally.quantity, tally.amount) == (0, 2, 1, 5, 6)
+
+
+def test_the_metering_tally_counts_refused_answers() -> None:
+    tally = Tally()
+    tally.add([(_event("a", "charged", 3, 5), False), ApiError("plan_not_found", "no plan x")])
+    assert tally.refused == 1

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -112,16 +112,18 @@ class Tally:
     amount: int = 0
 
     def add(self, results: Sequence[EventResult]) -> None:
-        refused = sum(map(isinstance, results, repeat(ApiError)))
-        if refused:  # the run fails: the rest need not be counted
-            self.refused += refused
+        if set(map(type, results)) != {tuple}:  # some refused: the run fails, the rest need not be counted
+            self.refused += sum(map(isinstance, results, repeat(ApiError)))
             return
         events = list(map(itemgetter(0), cast("Sequence[tuple[UsageEvent, bool]]", results)))
-        charged = list(map(eq, map(attrgetter("status"), events), repeat("charged")))
-        count = sum(charged)
+        statuses = list(map(attrgetter("status"), events))
+        count = statuses.count("charged")
         self.charged += count
         self.declined += len(events) - count
-        self.quantity += sum(compress(map(attrgetter("quantity"), events), charged))
+        quantities: Iterable[int] = map(attrgetter("quantity"), events)
+        if count < len(events):
+            quantities = compress(quantities, map(eq, statuses, repeat("charged")))
+        self.quantity += sum(quantities)
         self.amount += sum(map(attrgetter("amount"), events))  # a declined event's is 0
 
 
