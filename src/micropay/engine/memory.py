@@ -16,6 +16,7 @@ from typing import cast
 
 from micropay.engine.context import BatchContext, DocumentKey, Outcome, QueuedOp, apply_ops
 from micropay.engine.stats import EngineStats
+from micropay.errors import require
 from micropay.ledger import Account, Ledger, LedgerState, Transfer
 from micropay.store.base import DocumentBlock, LogStore
 
@@ -37,17 +38,22 @@ class DocumentCache:
 
     def __init__(self, store: LogStore, entries_max: int = DOCUMENT_CACHE_MAX) -> None:
         self._store = store
-        self._entries: dict[DocumentKey, bytes | None] = {}
+        # kind -> id -> body (None: known absent). A dict per kind, so that a lookup hashes and
+        # compares the id alone, with no (kind, id) tuple to make: a metering batch looks up
+        # thousands of usage records, payers and promo grants.
+        self._kinds: dict[str, dict[str, bytes | None]] = {}
+        self._count = 0  # entries of all kinds
         self._entries_max = entries_max
         self._passed_kinds = store.indexed_kinds - store.cached_kinds
 
     def get(self, key: DocumentKey) -> bytes | None:
-        entries = self._entries
-        if key in entries:
-            return entries[key]
-        body = self._store.read_document(key[0], key[1])
-        if key[0] not in self._passed_kinds:
-            self._remember(key, body)
+        kind, document_id = key
+        entries = self._kinds.get(kind)
+        if entries is not None and document_id in entries:
+            return entries[document_id]
+        body = self._store.read_document(kind, document_id)
+        if kind not in self._passed_kinds:
+            self._remember(kind, document_id, body)
         return body
 
     def get_many(self, kind: str, document_ids: list[str], remember_absent: bool = False) -> dict[str, bytes]:
@@ -55,7 +61,8 @@ class DocumentCache:
         Only found documents are remembered (most ids asked for this way are new), and absent
         ones too if asked (``BatchContext.get_documents``). The memory is read by C-level
         passes: a metering batch asks for thousands of usage records."""
-        bodies = list(map(self._entries.get, zip(repeat(kind), document_ids), repeat(_UNKNOWN)))
+        entries = self._kinds.get(kind, {})
+        bodies = list(map(entries.get, document_ids, repeat(_UNKNOWN)))
         found = dict(zip(document_ids, bodies, strict=True))
         if set(map(type, bodies)) == {bytes}:  # all remembered, all there (``in`` would call __eq__)
             return cast(dict[str, bytes], found)
@@ -64,7 +71,7 @@ class DocumentCache:
             stored = self._store.read_documents(kind, missing)
             if kind not in self._passed_kinds:
                 for document_id in missing if remember_absent else stored:
-                    self._remember((kind, document_id), stored.get(document_id))
+                    self._remember(kind, document_id, stored.get(document_id))
             found.update(stored)
         return {document_id: body for document_id, body in found.items() if type(body) is bytes}
 
@@ -75,24 +82,41 @@ class DocumentCache:
             return self._store.any_document_exists(kind, document_ids)
         return bool(self.get_many(kind, document_ids))
 
-    def _remember(self, key: DocumentKey, body: bytes | None) -> None:
-        if len(self._entries) >= self._entries_max:
-            self._entries.clear()
-        self._entries[key] = body
+    def _of(self, kind: str) -> dict[str, bytes | None]:
+        entries = self._kinds.get(kind)
+        if entries is None:
+            entries = self._kinds[kind] = {}
+        return entries
+
+    def _remember(self, kind: str, document_id: str, body: bytes | None) -> None:
+        if self._count >= self._entries_max:
+            self._start_over()
+        entries = self._of(kind)
+        if document_id not in entries:
+            self._count += 1
+        entries[document_id] = body
+
+    def _start_over(self) -> None:
+        self._kinds.clear()
+        self._count = 0
 
     def committed(self, blocks: Sequence[DocumentBlock]) -> None:
         """A batch's documents are durable (``BatchContext.document_blocks``: of one id, the
         later is the newer)."""
         passed = self._passed_kinds
-        entries = self._entries
         for kind, ids, bodies in blocks:
             if kind not in passed:
-                if len(entries) + len(ids) > self._entries_max:
-                    entries.clear()
-                entries.update(zip(zip(repeat(kind), ids), bodies, strict=True))
+                if self._count + len(ids) > self._entries_max:
+                    self._start_over()
+                entries = self._of(kind)
+                before = len(entries)
+                entries.update(zip(ids, bodies, strict=True))
+                self._count += len(entries) - before
+        require(self._count <= self._entries_max, "the document cache holds no more than its bound")
 
     def __contains__(self, key: DocumentKey) -> bool:
-        return key in self._entries
+        entries = self._kinds.get(key[0])
+        return entries is not None and key[1] in entries
 
 
 class MemoryCore:
