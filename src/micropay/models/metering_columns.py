@@ -144,15 +144,8 @@ def rate_columns(ctx: BatchContext, requests: Sequence[EventRequest]) -> list[Ev
     if rated is None:
         return None
     amounts, charge_ids = rated
-    totals: dict[str, int] = {}
-    for group in groups:
-        payer_id = group.usage.payer_id
-        totals[payer_id] = totals.get(payer_id, 0) + group.amount
-    available = ctx.available
-    if any(total > (available(payers[payer_id].wallet_account) or 0) for payer_id, total in totals.items()):
-        return None
     if not _move(ctx, payers, plans, ledger):
-        return None
+        return None  # a wallet short of what the batch charges it, among others
 
     # The money has moved: nothing below refuses.
     rows = list(
@@ -312,7 +305,8 @@ def _move(ctx: BatchContext, payers: dict[str, _Payer], plans: dict[str, _RatedP
     """Each payer's charges, in the batch path's order (payers by their first event, each one's
     merchants by their first paying event): the wallet transfer, then the fee. All at once by
     the ledger's fast path (``ledger``: the payers' and plans' one); False, having moved
-    nothing, when it cannot take them so."""
+    nothing, when it cannot take them so. That path checks every wallet for room for the sum
+    the batch debits it before it applies anything: a wallet short of it answers False here."""
     fees_account = chart.fees_account(ledger)
     ids: list[str] = []
     debits: list[str] = []
