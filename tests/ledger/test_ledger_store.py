@@ -42,7 +42,7 @@ from micropay.models.payments import CHARGE
 from micropay.store import SQLiteStore, open_store
 from micropay.store.base import Document, DocumentBlock
 from micropay.store.codec import decode_batch, encode_batch
-from micropay.store.sqlite import SCHEMA_VERSION, sqlite_path
+from micropay.store.sqlite import PAGE_SIZE_BYTES, SCHEMA_VERSION, sqlite_path
 
 
 # ----------------------------------------------------------------------------- the writer lock
@@ -118,6 +118,38 @@ def test_a_fresh_store_is_empty_and_passes_the_integrity_check(db_path: Path) ->
         assert store.integrity_check() == "ok"
     finally:
         store.close()
+
+
+def _page_size(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+    return int(size)
+
+
+def test_a_new_database_gets_the_stores_page_size(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    assert _page_size(db_path) == PAGE_SIZE_BYTES
+
+
+def test_a_database_made_with_smaller_pages_keeps_them_and_works(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+    engine = Engine(SQLiteStore(db_path))
+    try:
+        engine.create_ledger(USD, 2)
+        setup_accounts(engine, "a", "b")
+        ok(engine, transfer("t", "a", "b", 3))
+        engine.call(lambda ctx: ctx.put_document(CHARGE, "c", b"[1]"))
+    finally:
+        engine.close()
+    assert _page_size(db_path) == 4096
+    engine = Engine(SQLiteStore(db_path))
+    try:
+        assert totals(engine.account("b")) == (0, 3, 0, 0) and engine.document(CHARGE, "c") == b"[1]"
+        assert engine.store.integrity_check() == "ok"
+    finally:
+        engine.close()
 
 
 def test_sqlite_urls_name_files(tmp_path: Path) -> None:
