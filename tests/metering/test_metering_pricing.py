@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from micropay.errors import Refused
-from micropay.models.metering import Usage, decode_usage, encode_usage, usage_of
+from micropay.models.metering import USAGE_KEPT_MAX, Usage, decode_usage, encode_usage, usage_of
 from micropay.models.pricing import (
     QUANTITY_MAX,
     TIERS_MAX,
@@ -284,3 +284,16 @@ def test_a_usage_record_is_written_as_the_array_of_its_fields_and_reads_back_equ
     assert decode_usage(body) == usage == usage_of(body)
     # Records written before, as the fields' object, read the same.
     assert decode_usage(orjson.dumps(usage._asdict())) == usage
+
+
+def test_usage_records_are_kept_decoded_for_two_generations_then_read_anew() -> None:
+    first = Usage("plan", "2026-11", "payer", 1, 2)
+    body = encode_usage(first)
+    assert usage_of(body) is first  # the next batch reads back what this one wrote
+    for n in range(USAGE_KEPT_MAX):
+        encode_usage(Usage("plan", "2026-11", f"other-{n}", n, n))
+    assert usage_of(body) is first  # still there: the generation before
+    for n in range(USAGE_KEPT_MAX):
+        encode_usage(Usage("plan", "2026-11", f"later-{n}", n, n))
+    again = usage_of(body)
+    assert again == first and again is not first  # let go, so decoded anew

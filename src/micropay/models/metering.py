@@ -132,9 +132,13 @@ def decode_plan(body: bytes) -> Plan:
     return Plan(**fields)
 
 
-USAGE_KEPT_MAX = 100_000
-"""Usage records a batch wrote, kept decoded by their bytes for the next batch to read."""
-_usage_written: dict[bytes, Usage] = {}
+USAGE_KEPT_MAX = 16_384
+"""Usage records written, kept decoded by their bytes for the next batch to read: in two
+generations of up to this many each (the newer and the one before), so that what one batch
+wrote (at most one record an event) is still there for the next. Each record is rewritten by
+every batch that meters it, so older ones are mostly superseded: kept in one dict of 100,000
+they made every look-up slower and were all freed at once when it filled."""
+_usage_written: list[dict[bytes, Usage]] = [{}, {}]  # the newer generation, the older
 
 
 def encode_usage(usage: Usage) -> bytes:
@@ -147,15 +151,20 @@ def encode_usage(usage: Usage) -> bytes:
     a third of the bytes of the fields' object (50 against 138 in the benchmark) and quicker
     to make (0.35 against 0.6 µs, measured). Records written as the object still read."""
     body = dumps(usage[:])  # a plain tuple of the fields (orjson takes no named tuple)
-    if len(_usage_written) >= USAGE_KEPT_MAX:
-        _usage_written.clear()
-    _usage_written[body] = usage
+    newer = _usage_written[0]
+    if len(newer) >= USAGE_KEPT_MAX:
+        newer = {}
+        _usage_written[:] = [newer, _usage_written[0]]
+    newer[body] = usage
     return body
 
 
 def usage_of(body: bytes) -> Usage:
     """``decode_usage``, answered from the records batches wrote when it is one of them."""
-    usage = _usage_written.get(body)
+    newer, older = _usage_written
+    usage = newer.get(body)
+    if usage is None:
+        usage = older.get(body)
     return decode_usage(body) if usage is None else usage
 
 
