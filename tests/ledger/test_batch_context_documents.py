@@ -128,6 +128,13 @@ def _state(ctx: BatchContext) -> tuple[object, ...]:
     )
 
 
+def _put_in_bulk_and_one_by_one(bulk: BatchContext, single: BatchContext, ids: list[str]) -> None:
+    bodies = [b"new-%d" % n for n in range(len(ids))]
+    bulk.put_documents("k", ids, bodies)
+    for document_id, body in zip(ids, bodies, strict=True):
+        single.put_document("k", document_id, body)
+
+
 @given(before_put=_IDS, before_created=_IDS, bulk_created=_IDS, ids=_IDS)
 def test_records_put_in_bulk_read_list_and_undo_like_records_put_one_by_one(
     before_put: list[str], before_created: list[str], bulk_created: list[str], ids: list[str]
@@ -140,12 +147,9 @@ def test_records_put_in_bulk_read_list_and_undo_like_records_put_one_by_one(
             ctx.create_document("k", document_id, b"created")
         if len(set(bulk_created)) == len(bulk_created):
             ctx.create_documents("k", bulk_created, [b"bulk"] * len(bulk_created))
-    bodies = [b"new-%d" % n for n in range(len(ids))]
     bulk, single = contexts
     marks = (bulk.mark(), single.mark())
-    bulk.put_documents("k", ids, bodies)
-    for document_id, body in zip(ids, bodies, strict=True):
-        single.put_document("k", document_id, body)
+    _put_in_bulk_and_one_by_one(bulk, single, ids)
     assert _state(bulk) == _state(single)
     bulk.rollback_documents(marks[0])
     single.rollback_documents(marks[1])
@@ -171,11 +175,8 @@ def test_writes_after_a_bulk_put_win_over_it_and_undo_back_to_it(
     for ctx in contexts:
         if len(set(bulk_created)) == len(bulk_created):
             ctx.create_documents("k", bulk_created, [b"bulk"] * len(bulk_created))
-    bodies = [b"new-%d" % n for n in range(len(ids))]
     bulk, single = contexts
-    bulk.put_documents("k", ids, bodies)
-    for document_id, body in zip(ids, bodies, strict=True):
-        single.put_document("k", document_id, body)
+    _put_in_bulk_and_one_by_one(bulk, single, ids)
     marks = (bulk.mark(), single.mark())
     before = [(_state(ctx)[:4], _newest(ctx)) for ctx in contexts]
     assert before[0] == before[1]
