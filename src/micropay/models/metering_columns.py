@@ -87,11 +87,10 @@ class _Group:
     fees of those charges. What the rating loop reads of the plan, merchant and payer
     (``price_floor`` to ``event_ids``) is copied here, one attribute away for every event.
 
-    ``floor`` starts as the stored usage's amount, not ``price_floor(quantity)`` computed again:
-    in an open period the two are equal (every writer of usage adds exactly ``floor(after) -
-    floor(before)``; only the minimum true-up adds more, and only to a closed period's usage,
-    which this path never rates). So the batch ends with ``amount == floor(price(quantity))``
-    whatever the stored amount was."""
+    ``floor`` starts as the stored usage's amount less the minimum it was charged, not
+    ``price_floor(quantity)`` computed again: the two are equal, as every event that writes
+    usage adds exactly ``floor(after) - floor(before)`` to the amount, and the minimum true-up
+    adds to both the amount and ``minimum_charged``."""
 
     usage: Usage
     document_id: str
@@ -240,7 +239,7 @@ def _groups(
             merchant.fee_fixed,
             payer.event_ids,
             usage.quantity,
-            usage.amount,  # floor(price(quantity)) in an open period (``_Group``)
+            usage.amount - usage.minimum_charged,  # floor(price(quantity)) (``_Group``)
         )
         groups.append(group)
     return groups, cast(list[_Group], list(map(slots.__getitem__, numbers)))
