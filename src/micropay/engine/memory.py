@@ -42,7 +42,6 @@ class DocumentCache:
         # compares the id alone, with no (kind, id) tuple to make: a metering batch looks up
         # thousands of usage records, payers and promo grants.
         self._kinds: dict[str, dict[str, bytes | None]] = {}
-        self._count = 0  # entries of all kinds
         self._entries_max = entries_max
         self._passed_kinds = store.indexed_kinds - store.cached_kinds
 
@@ -88,17 +87,14 @@ class DocumentCache:
             entries = self._kinds[kind] = {}
         return entries
 
-    def _remember(self, kind: str, document_id: str, body: bytes | None) -> None:
-        if self._count >= self._entries_max:
-            self._start_over()
-        entries = self._of(kind)
-        if document_id not in entries:
-            self._count += 1
-        entries[document_id] = body
+    def _size(self) -> int:
+        """Entries of all kinds (a handful of kinds: a few ``len`` calls)."""
+        return sum(map(len, self._kinds.values()))
 
-    def _start_over(self) -> None:
-        self._kinds.clear()
-        self._count = 0
+    def _remember(self, kind: str, document_id: str, body: bytes | None) -> None:
+        if self._size() >= self._entries_max:
+            self._kinds.clear()
+        self._of(kind)[document_id] = body
 
     def committed(self, blocks: Sequence[DocumentBlock]) -> None:
         """A batch's documents are durable (``BatchContext.document_blocks``: of one id, the
@@ -106,13 +102,10 @@ class DocumentCache:
         passed = self._passed_kinds
         for kind, ids, bodies in blocks:
             if kind not in passed:
-                if self._count + len(ids) > self._entries_max:
-                    self._start_over()
-                entries = self._of(kind)
-                before = len(entries)
-                entries.update(zip(ids, bodies, strict=True))
-                self._count += len(entries) - before
-        require(self._count <= self._entries_max, "the document cache holds no more than its bound")
+                if self._size() + len(ids) > self._entries_max:
+                    self._kinds.clear()
+                self._of(kind).update(zip(ids, bodies, strict=True))
+        require(self._size() <= self._entries_max, "the document cache holds no more than its bound")
 
     def __contains__(self, key: DocumentKey) -> bool:
         entries = self._kinds.get(key[0])
